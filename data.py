@@ -1,0 +1,222 @@
+"""Kaggle Jigsaw CSVs in, padded numpy batches out. No torch here, so predict.py can share it.
+
+    from data import read_csv, split_indices, tokenize, epoch_order, pad_batch
+    ds = read_csv("data/sample/train.csv")                  # ids, texts, labels (N,6)
+    train_idx, val_idx = split_indices(ds.labels, 0.1, split_seed=1234)
+
+Kaggle's test set: read_test("test.csv", "test_labels.csv") drops the rows labelled -1.
+"""
+import csv
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
+csv.field_size_limit(2**31 - 1)  # real comments can be megabytes long
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, row and column."""
+
+
+@dataclass
+class Dataset:
+    ids: list  # str per row
+    texts: list  # str per row
+    labels: np.ndarray | None  # (N, 6) uint8, or None for unlabelled files
+
+
+# ----------------------------------------------------------------------------
+# reading
+
+def read_text(path):
+    """Whole file as str: BOM dropped, invalid UTF-8 replaced and counted (never silently)."""
+    try:
+        raw = open(path, "rb").read()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return raw.decode("utf-8-sig"), 0
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8-sig", errors="replace")
+        return text, text.count("\ufffd") - raw.decode("utf-8-sig", errors="ignore").count("\ufffd")
+
+
+def read_rows(path, required):
+    """Yield (where, dict) per CSV record; where reads 'row 3 (line 5)', the header being row 1."""
+    text, n_bad = read_text(path)
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    if n_bad:
+        print(f"warning: {path}: {n_bad} invalid UTF-8 byte sequence(s) replaced with U+FFFD")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in next(reader)]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(f"{path}: row 1 (header): missing column(s) {', '.join(missing)}; "
+                        f"found {', '.join(header)}")
+    line, number = reader.line_num + 1, 1  # quoted newlines make records span several lines
+    for row in reader:
+        where, line = f"row {number + 1} (line {line})", reader.line_num + 1
+        if not row:
+            continue  # a blank line is not a record
+        number += 1
+        if len(row) != len(header):
+            raise DataError(f"{path}: {where}: expected {len(header)} fields, got {len(row)}")
+        yield where, dict(zip(header, row))
+
+
+def read_csv(path, labels=True):
+    """Read a Kaggle train.csv (id, comment_text, 6 labels). labels=False reads test.csv."""
+    required = ("id", "comment_text") + (LABELS if labels else ())
+    ids, texts, ys, seen = [], [], [], {}
+    for where, row in read_rows(path, required):
+        rid = row["id"].strip()
+        if rid in seen:
+            raise DataError(f"{path}: {where}, column id: duplicate id {rid!r} (first at {seen[rid]})")
+        seen[rid] = where
+        if not row["comment_text"].strip():
+            raise DataError(f"{path}: {where}, column comment_text: empty comment")
+        if labels:
+            y = []
+            for col in LABELS:
+                v = row[col].strip()
+                if v not in ("0", "1"):
+                    raise DataError(f"{path}: {where}, column {col}: label must be 0 or 1, got {v!r}")
+                y.append(int(v))
+            ys.append(y)
+        ids.append(rid)
+        texts.append(row["comment_text"])
+    if not ids:
+        raise DataError(f"{path}: header only, no data rows")
+    return Dataset(ids, texts, np.array(ys, dtype=np.uint8) if labels else None)
+
+
+def read_test(test_path, labels_path):
+    """Kaggle's test.csv joined with test_labels.csv; rows labelled -1 (not scored by Kaggle) dropped."""
+    test = read_csv(test_path, labels=False)
+    by_id = {}
+    for where, row in read_rows(labels_path, ("id",) + LABELS):
+        vals = [row[c].strip() for c in LABELS]
+        for col, v in zip(LABELS, vals):
+            if v not in ("-1", "0", "1"):
+                raise DataError(f"{labels_path}: {where}, column {col}: label must be -1, 0 or 1, got {v!r}")
+        by_id[row["id"].strip()] = [int(v) for v in vals]
+    keep, ys = [], []
+    for i, rid in enumerate(test.ids):
+        if rid not in by_id:
+            raise DataError(f"{labels_path}: no labels for id {rid!r} of {test_path}")
+        if -1 not in by_id[rid]:
+            keep.append(i)
+            ys.append(by_id[rid])
+    print(f"{test_path}: {len(test.ids)} rows, {len(test.ids) - len(keep)} labelled -1 dropped, {len(keep)} scored")
+    if not keep:
+        raise DataError(f"{labels_path}: every row is labelled -1; nothing to score")
+    return Dataset([test.ids[i] for i in keep], [test.texts[i] for i in keep], np.array(ys, dtype=np.uint8))
+
+
+# ----------------------------------------------------------------------------
+# split
+
+def split_indices(labels, val_fraction, split_seed):
+    """Deterministic stratified split -> (train_idx, val_idx), both sorted.
+
+    Each row is stratified by its rarest positive label (or 'clean'), so even the rarest label
+    lands on both sides in proportion. Depends only on split_seed, never on the training seed.
+    """
+    n = len(labels)
+    freq = labels.sum(0)
+    # rarest positive label of each row; clean rows get stratum -1
+    rarity = np.where(labels.astype(bool), freq[None, :], np.iinfo(np.int64).max)
+    stratum = np.where(labels.any(1), rarity.argmin(1), -1)
+    rng = np.random.default_rng(split_seed)
+    val = []
+    for s in np.unique(stratum):
+        members = rng.permutation(np.flatnonzero(stratum == s))
+        k = int(round(val_fraction * len(members)))
+        if len(members) >= 2:
+            k = min(max(k, 1), len(members) - 1)  # keep at least one on each side
+        val.extend(members[:k])
+    val_idx = np.sort(np.array(val, dtype=np.int64))
+    train_idx = np.setdiff1d(np.arange(n), val_idx)
+    for j, name in enumerate(LABELS):
+        if labels[train_idx, j].sum() == 0 or labels[val_idx, j].sum() == 0:
+            raise DataError(f"label {name} has {int(freq[j])} positive(s): too few to have positives "
+                            f"in both the training and the validation split")
+    return train_idx, val_idx
+
+
+# ----------------------------------------------------------------------------
+# tokenizing, with an on-disk cache
+
+def tokenize(tokenizer, texts, max_length, cache_path=None):
+    """List of int32 id arrays, truncated to max_length, not padded.
+
+    tokenizer is a `tokenizers.Tokenizer`. With cache_path, ids are stored there keyed by
+    the texts, the tokenizer and max_length, so a change in any of them re-tokenizes.
+    """
+    key = hashlib.sha256()
+    key.update(tokenizer.to_str().encode())
+    key.update(str(max_length).encode())
+    for t in texts:
+        key.update(t.encode("utf-8", "surrogatepass") + b"\0")
+    key = key.hexdigest()[:16]
+    if cache_path:
+        path = f"{cache_path}-{key}.npz"
+        if os.path.exists(path):
+            z = np.load(path)
+            return np.split(z["flat"], z["offsets"][1:-1])
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    seqs = [np.array(e.ids, dtype=np.int32) for e in tokenizer.encode_batch(texts)]
+    if cache_path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
+        tmp = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, flat=np.concatenate(seqs), offsets=offsets)
+        os.replace(tmp, path)
+    return seqs
+
+
+# ----------------------------------------------------------------------------
+# batching
+
+def epoch_order(lengths, batch_size, batches_per_step, seed, epoch, group_by_length=True, chunk=64):
+    """Sample order for one epoch: consecutive blocks of batch_size form the micro-batches.
+
+    Length grouping: shuffle, sort by length within chunks of `chunk` batches, then shuffle the
+    batches, so a batch holds similar lengths (little padding) yet epochs stay random. The tail
+    that does not fill a whole optimizer step is dropped (a different tail each epoch).
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    per_step = batch_size * batches_per_step
+    order = order[: len(order) // per_step * per_step]
+    if group_by_length and len(order):
+        span = batch_size * chunk
+        for s in range(0, len(order), span):
+            block = order[s:s + span]
+            order[s:s + span] = block[np.argsort(lengths[block], kind="stable")]
+        batches = order.reshape(-1, batch_size)
+        order = batches[rng.permutation(len(batches))].reshape(-1)
+    return order
+
+
+def pad_batch(seqs, pad_id=0, pad_to=None):
+    """Right-pad to the longest sequence (or pad_to) -> input_ids, attention_mask: (B,T) int64."""
+    width = pad_to or max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = s
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def sorted_batches(lengths, batch_size):
+    """Index batches in ascending length order, for inference: least padding, same results."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,0 +1,367 @@
+"""Fine-tune a BERT encoder as a 6-label toxic-comment classifier. Plain PyTorch, one loop.
+
+    python train.py configs/mini.json                          # embedded MiniLM, sample data, CPU
+    python train.py configs/base.json --lr 3e-5 --max_steps 10 # any key can be overridden
+    python train.py configs/mini.json --resume                 # continue from out_dir/last.pt
+    torchrun --nproc_per_node=8 train.py configs/base.json     # DistributedDataParallel
+Writes out_dir/best.pt (best validation AUC), out_dir/last.pt (everything needed to resume),
+out_dir/val_predictions.npz, and an Aim run in aim_repo.
+"""
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from data import LABELS, DataError, epoch_order, pad_batch, read_csv, sorted_batches, split_indices, tokenize
+from metrics import evaluate, format_metrics, tune_thresholds
+from config import ConfigError, load_config
+from model import CheckpointError, build_model, load_checkpoint, model_config, resolve_encoder, save_checkpoint
+from tracking import TrackingError, make_tracker
+
+CHECKPOINT_VERSION = 1
+
+# ----------------------------------------------------------------------------
+# pure helpers: schedule, optimizer, precision
+
+
+def get_lr(step, total_steps, warmup_steps):
+    """Multiplier on the peak lr: linear warmup, then linear decay to 0 at total_steps."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def make_optimizer(model, cfg, fused):
+    """AdamW; biases and LayerNorm weights (every 1-D tensor) get no weight decay."""
+    groups = []
+    for part, lr in ((model.encoder, cfg.lr), (model.head, cfg.head_lr)):
+        params = [p for p in part.parameters() if p.requires_grad]
+        groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "peak_lr": lr})
+        groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "peak_lr": lr})
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
+
+
+def resolve_precision(requested, device):
+    """bf16 where the hardware has it, else fp32 with a warning (configs stay portable)."""
+    if requested == "bf16":
+        supported = (torch.cuda.is_bf16_supported() if device.type == "cuda"
+                     else torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if not supported:
+            print(f"warning: bf16 is not supported on this {device.type}; training in fp32 instead")
+            return "fp32"
+    return requested
+
+
+def pos_weights(labels, mode, cap):
+    """Per-label BCE weight on positives: sqrt(neg/pos) capped, so rare labels are not drowned."""
+    if mode == "none":
+        return torch.ones(labels.shape[1])
+    pos = labels.sum(0).clip(min=1)
+    return torch.tensor(np.minimum(np.sqrt((len(labels) - pos) / pos), cap), dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------
+# distributed: one process per device under torchrun, plain single process otherwise
+
+
+def init_distributed(cfg):
+    """-> (rank, world_size, device). NCCL on CUDA, gloo on CPU, chosen automatically."""
+    want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device(cfg.device if cfg.device != "auto" else ("cuda" if want_cuda else "cpu"))
+    from datetime import timedelta
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if want_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if want_cuda else "gloo", timeout=timedelta(seconds=cfg.dist_timeout_s))
+    device = torch.device("cuda", local_rank) if want_cuda else torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def from_rank0(values, world, device):
+    """Every rank takes rank 0's floats (stop flag, lr horizon), so replicas never diverge."""
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(t, 0)
+    return t.tolist()
+
+
+# ----------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def predict_logits(model, seqs, rows, batch_size, device, autocast):
+    """Logits (len(rows), 6) in float32, batches sorted by length (least padding), order kept."""
+    model.eval()
+    out = np.zeros((len(rows), len(LABELS)), dtype=np.float32)
+    for b in sorted_batches(np.array([len(seqs[i]) for i in rows]), batch_size):
+        ids, mask = pad_batch([seqs[rows[i]] for i in b])
+        with autocast:
+            logits = model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+        out[b] = logits.float().cpu().numpy()
+    model.train()
+    return out
+
+
+def run_eval(model, seqs, val_idx, labels, cfg, device, autocast, rank, world):
+    """Each rank scores its share of the validation rows; rank 0 gathers them, computes the
+    metrics once on the complete set, and every rank gets the same answer back."""
+    mine = np.arange(rank, len(val_idx), world)
+    logits = predict_logits(model, seqs, val_idx[mine], cfg.eval_batch_size, device, autocast)
+    parts = [(mine, logits)]
+    if world > 1:
+        parts = [None] * world if rank == 0 else None
+        dist.gather_object((mine, logits), parts, dst=0)
+    result = [None]
+    if rank == 0:
+        full = np.zeros((len(val_idx), len(LABELS)), dtype=np.float32)
+        for idx, part in parts:
+            full[idx] = part
+        y = labels[val_idx]
+        probs = 1 / (1 + np.exp(-full.astype(np.float64)))
+        thresholds = tune_thresholds(probs, y)
+        m = evaluate(probs, y, thresholds)
+        m["loss"] = float(np.mean(np.maximum(full, 0) - full * y + np.log1p(np.exp(-np.abs(full)))))
+        result = [(m, probs.astype(np.float32), thresholds)]
+    if world > 1:
+        dist.broadcast_object_list(result, src=0)
+    return result[0] if rank == 0 else (result[0][0], None, None)
+
+
+# ----------------------------------------------------------------------------
+# the loop
+
+
+class TrainingStopped(RuntimeError):
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+def train(cfg, resume=False):
+    """Train to the end of the schedule (or budget). Returns the best checkpoint's metrics."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from transformers import AutoTokenizer
+
+    rank, world, device = init_distributed(cfg)
+    master = rank == 0
+    log = print if master else (lambda *a, **k: None)
+    precision = resolve_precision(cfg.precision, device)
+    if device.type == "cuda":  # TF32 matmuls and convolutions: free speed on Ampere and later
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    gmb = cfg.batch_size * world  # samples per micro-step across all ranks
+    log(f"config: {json.dumps(asdict(cfg))}")
+    log(f"device {device} x{world} | precision {precision} | global batch {gmb * cfg.accum_steps} "
+        f"= {cfg.batch_size} per rank x {cfg.accum_steps} accum x {world} ranks")
+
+    # --- data
+    ds = read_csv(cfg.data_path)
+    train_idx, val_idx = split_indices(ds.labels, cfg.val_fraction, cfg.split_seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(cfg.encoder)).backend_tokenizer
+    seqs = tokenize(tokenizer, ds.texts, cfg.max_length, os.path.join(cfg.cache_dir, "tokens"))
+    pad_id = tokenizer.token_to_id("[PAD]") or 0
+    lengths = np.array([len(s) for s in seqs])
+    labels_t = torch.from_numpy(ds.labels.astype(np.float32))
+    steps_per_epoch = len(train_idx) // (gmb * cfg.accum_steps)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{cfg.data_path}: {len(train_idx)} training rows do not fill one global batch "
+                          f"of {gmb * cfg.accum_steps}; lower batch_size or accum_steps")
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    log(f"data {cfg.data_path}: {len(train_idx)} train / {len(val_idx)} val rows, "
+        f"{steps_per_epoch} steps per epoch, {total_steps} steps")
+
+    def micro_batches(samples_seen):
+        """Endless micro-batches for this rank, starting after samples_seen (for resume)."""
+        per_epoch = steps_per_epoch * cfg.accum_steps  # micro-batches
+        epoch, j = divmod(samples_seen // gmb, per_epoch)
+        while True:
+            order = train_idx[epoch_order(lengths[train_idx], gmb, cfg.accum_steps, cfg.seed, epoch,
+                                          cfg.group_by_length)]
+            for j in range(j, per_epoch):
+                rows = order[j * gmb:(j + 1) * gmb][rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+                ids, mask = pad_batch([seqs[i] for i in rows], pad_id,
+                                      cfg.max_length if cfg.pad_to_max_length else None)
+                yield (torch.from_numpy(ids).to(device, non_blocking=True),
+                       torch.from_numpy(mask).to(device, non_blocking=True),
+                       labels_t[rows].to(device, non_blocking=True))
+            epoch, j = epoch + 1, 0
+
+    # --- model, optimizer, state
+    torch.manual_seed(cfg.seed)
+    raw_model = build_model(cfg.encoder, cfg.pooling, cfg.dropout).to(device)
+    mcfg = model_config(raw_model, cfg.encoder, cfg.dropout)
+    optimizer = make_optimizer(raw_model, cfg, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    autocast = (nullcontext() if precision == "fp32" else
+                torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16))
+    pos_weight = pos_weights(ds.labels[train_idx], cfg.pos_weight, cfg.pos_weight_cap).to(device)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    best_path, last_path = os.path.join(cfg.out_dir, "best.pt"), os.path.join(cfg.out_dir, "last.pt")
+    state = {"step": 0, "samples_seen": 0, "best_auc": -math.inf, "train_seconds": 0.0, "aim_hash": None}
+    if resume:
+        ckpt = load_checkpoint(last_path, map_location=device)
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        state.update(ckpt["state"])
+        changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["config"].items() if getattr(cfg, k, v) != v}
+        log(f"resumed from {last_path} at step {state['step']}" + (f"; config changes {changed}" if changed else ""))
+    model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else raw_model
+    if cfg.compile:
+        model = torch.compile(model)
+    hparams = {**asdict(cfg), "precision_effective": precision, "world_size": world,
+               "global_batch": gmb * cfg.accum_steps, "torch": str(torch.__version__)}
+    tracker = make_tracker(cfg.aim and master, cfg.aim_repo, os.path.basename(os.path.normpath(cfg.out_dir)),
+                           hparams, state["aim_hash"])
+    state["aim_hash"] = tracker.hash
+
+    def save(path, step, metrics, thresholds, with_state):
+        if not master:
+            return
+        ckpt = {"version": CHECKPOINT_VERSION, "model": raw_model.state_dict(), "model_config": mcfg,
+                "config": asdict(cfg), "step": step, "metrics": metrics,
+                "thresholds": [float(t) for t in thresholds]}
+        if with_state:
+            ckpt.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), state=dict(state))
+        save_checkpoint(ckpt, path)
+
+    # Ctrl-C / SIGTERM: finish the current step, write last.pt, exit non-zero.
+    stop_signal = []
+    def on_signal(signum, frame):
+        stop_signal.append(signum)
+        signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, on_signal)
+
+    # --- loop
+    batches = micro_batches(state["samples_seen"])
+    step, first_step = state["step"], state["step"]
+    budget = cfg.max_minutes * 60
+    t_start = time.time() - state["train_seconds"]
+    step_seconds, step_count, bad_steps = 0.0, 0, 0
+    loss_sum, tokens_real, tokens_padded, t_log = torch.zeros((), device=device), 0, 0, time.time()
+    last_metrics, last_thresholds = None, np.full(len(LABELS), 0.5)
+    raw_model.train()
+    while True:
+        elapsed = time.time() - t_start
+        horizon = total_steps
+        if budget and step_count >= 5:  # steps that fit in the remaining time, from the mean step time
+            horizon = min(total_steps, step + int((budget - elapsed) / (step_seconds / step_count)))
+        stop, out_of_time, horizon = from_rank0(
+            [float(bool(stop_signal)), float(bool(budget) and elapsed >= budget), float(horizon)], world, device)
+        horizon = int(horizon)
+        lr_mult = get_lr(step, horizon, cfg.warmup_steps)
+        for g in optimizer.param_groups:
+            g["lr"] = g["peak_lr"] * lr_mult
+        done = step >= horizon or out_of_time
+        state.update(step=step, train_seconds=elapsed)
+
+        if step > first_step and (step % cfg.eval_every == 0 or done):
+            metrics, probs, thresholds = run_eval(raw_model, seqs, val_idx, ds.labels, cfg, device, autocast, rank, world)
+            last_metrics = metrics
+            for k, v in metrics.items():
+                tracker.track(f"eval_{k}", v, step, "val")
+            log(f"eval step {step}: loss {metrics['loss']:.4f} | {format_metrics(metrics)}")
+            if metrics["aucroc_macro"] > state["best_auc"]:
+                state["best_auc"] = metrics["aucroc_macro"]
+                save(best_path, step, metrics, thresholds, with_state=False)
+                if master:
+                    save_predictions(os.path.join(cfg.out_dir, "val_predictions.npz"), ds, val_idx, probs, thresholds, step)
+            last_thresholds = thresholds
+            save(last_path, step, metrics, thresholds, with_state=True)
+        if done:
+            break
+        if stop:
+            save(last_path, step, last_metrics, last_thresholds, with_state=True)
+            tracker.close()
+            raise TrainingStopped(f"interrupted at step {step}; last.pt written, continue with --resume", 130)
+
+        # --- one optimizer step: accum_steps micro-steps, then unscale, clip, step
+        t0 = time.time()
+        torch.manual_seed(hash((cfg.seed, rank, step)) % 2**63)  # dropout: a function of the step, so resume is exact
+        for micro in range(cfg.accum_steps):
+            ids, mask, y = next(batches)
+            tokens_real += int(mask.sum())
+            tokens_padded += mask.numel()
+            sync = micro == cfg.accum_steps - 1 or world == 1
+            with (nullcontext() if sync else model.no_sync()):
+                with autocast:
+                    logits = model(ids, mask)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight) / cfg.accum_steps
+                scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or math.inf)
+        if precision != "fp16" and not torch.isfinite(norm):  # fp16: the GradScaler skips such steps itself
+            bad_steps += 1
+            optimizer.zero_grad(set_to_none=True)
+            log(f"warning: step {step}: non-finite loss or gradient, step skipped ({bad_steps}/{cfg.max_bad_steps})")
+            if bad_steps >= cfg.max_bad_steps:
+                tracker.close()
+                raise TrainingStopped(f"step {step}: {bad_steps} consecutive non-finite steps; stopping. "
+                                      f"The last good checkpoints are kept in {cfg.out_dir}", 3)
+        else:
+            bad_steps = 0
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        step += 1
+        state["samples_seen"] += gmb * cfg.accum_steps
+        step_seconds += time.time() - t0
+        step_count += 1
+
+        if step % cfg.log_every == 0 and master:
+            dt, n = time.time() - t_log, cfg.log_every
+            train_loss = loss_sum.item() / n
+            sps = n * gmb * cfg.accum_steps / dt
+            eta = (horizon - step) * dt / n
+            tracker.track("train_loss", train_loss, step, "train")
+            tracker.track("lr", lr_mult * cfg.lr, step, "train")
+            tracker.track("samples_per_s", sps, step, "train")
+            log(f"step {step}/{horizon} | loss {train_loss:.4f} | lr {lr_mult * cfg.lr:.2e} | {sps:.1f} samples/s"
+                f" | pad {1 - tokens_real / max(1, tokens_padded):.0%} | eta {eta / 60:.1f} min", flush=True)
+            loss_sum.zero_()
+            tokens_real, tokens_padded, t_log = 0, 0, time.time()
+
+    tracker.close()
+    if world > 1:
+        dist.destroy_process_group()
+    best = load_checkpoint(best_path)["metrics"] if master and os.path.exists(best_path) else last_metrics
+    log(f"done: {step} steps in {(time.time() - t_start) / 60:.1f} min; best {format_metrics(best)}")
+    return best
+
+
+def save_predictions(path, ds, val_idx, probs, thresholds, step):
+    """Per-example validation probabilities, so any metric can be recomputed without the model."""
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, ids=np.array([ds.ids[i] for i in val_idx]), rows=val_idx, probs=probs,
+             labels=ds.labels[val_idx], thresholds=thresholds, step=step, label_names=np.array(LABELS))
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    try:
+        cfg, resume = load_config(argv)
+        train(cfg, resume)
+    except (ConfigError, DataError, CheckpointError, TrackingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingStopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(e.code)
+
+
+if __name__ == "__main__":
+    main()
