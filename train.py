@@ -143,6 +143,35 @@ def run_eval(model, seqs, val_idx, labels, cfg, device, autocast, rank, world):
 # the loop
 
 
+def train_step(model, raw_model, batches, optimizer, scaler, autocast, pos_weight, accum_steps, grad_clip,
+               skip_nonfinite):
+    """One optimizer step: accum_steps micro-steps over loss / accum_steps, unscale, clip, step.
+
+    Under DDP, gradients are all-reduced on the last micro-step only (no_sync before it).
+    With skip_nonfinite, a NaN/inf gradient norm skips the update (fp16 leaves that to the
+    GradScaler). -> (summed loss tensor, whether the step was applied, real tokens, padded tokens)
+    """
+    loss_sum, real, padded = 0.0, 0, 0
+    for micro in range(accum_steps):
+        ids, mask, y = next(batches)
+        real, padded = real + int(mask.sum()), padded + mask.numel()
+        last = micro == accum_steps - 1
+        with (model.no_sync() if hasattr(model, "no_sync") and not last else nullcontext()):
+            with autocast:
+                logits = model(ids, mask)  # (B,T) -> (B,6)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight) / accum_steps
+            scaler.scale(loss).backward()
+        loss_sum = loss_sum + loss.detach()
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip or math.inf)
+    stepped = not (skip_nonfinite and not torch.isfinite(norm))
+    if stepped:
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, stepped, real, padded
+
+
 class TrainingStopped(RuntimeError):
     def __init__(self, message, code):
         super().__init__(message)
@@ -226,6 +255,10 @@ def train(cfg, resume=False):
     tracker = make_tracker(cfg.aim and master, cfg.aim_repo, os.path.basename(os.path.normpath(cfg.out_dir)),
                            hparams, state["aim_hash"])
     state["aim_hash"] = tracker.hash
+    if master:  # what compare.py and people need without opening a checkpoint
+        with open(os.path.join(cfg.out_dir, "run.json"), "w") as f:
+            json.dump({"config": asdict(cfg), "aim_hash": tracker.hash, "aim_repo": cfg.aim_repo,
+                       "precision_effective": precision, "world_size": world}, f, indent=1)
 
     def save(path, step, metrics, thresholds, with_state):
         if not master:
@@ -252,6 +285,7 @@ def train(cfg, resume=False):
     t_start = time.time() - state["train_seconds"]
     step_seconds, step_count, bad_steps = 0.0, 0, 0
     loss_sum, tokens_real, tokens_padded, t_log = torch.zeros((), device=device), 0, 0, time.time()
+    stats = {"step_seconds": [], "step_real_tokens": [], "step_padded_tokens": []}  # for benchmarks
     last_metrics, last_thresholds = None, np.full(len(LABELS), 0.5)
     raw_model.train()
     while True:
@@ -288,39 +322,27 @@ def train(cfg, resume=False):
             tracker.close()
             raise TrainingStopped(f"interrupted at step {step}; last.pt written, continue with --resume", 130)
 
-        # --- one optimizer step: accum_steps micro-steps, then unscale, clip, step
+        # --- one optimizer step
         t0 = time.time()
         torch.manual_seed(hash((cfg.seed, rank, step)) % 2**63)  # dropout: a function of the step, so resume is exact
-        for micro in range(cfg.accum_steps):
-            ids, mask, y = next(batches)
-            tokens_real += int(mask.sum())
-            tokens_padded += mask.numel()
-            sync = micro == cfg.accum_steps - 1 or world == 1
-            with (nullcontext() if sync else model.no_sync()):
-                with autocast:
-                    logits = model(ids, mask)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight) / cfg.accum_steps
-                scaler.scale(loss).backward()
-            loss_sum += loss.detach()
-        scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or math.inf)
-        if precision != "fp16" and not torch.isfinite(norm):  # fp16: the GradScaler skips such steps itself
-            bad_steps += 1
-            optimizer.zero_grad(set_to_none=True)
+        loss, stepped, real, padded = train_step(model, raw_model, batches, optimizer, scaler, autocast, pos_weight,
+                                                 cfg.accum_steps, cfg.grad_clip, skip_nonfinite=precision != "fp16")
+        loss_sum += loss
+        tokens_real, tokens_padded = tokens_real + real, tokens_padded + padded
+        bad_steps = 0 if stepped else bad_steps + 1
+        if not stepped:
             log(f"warning: step {step}: non-finite loss or gradient, step skipped ({bad_steps}/{cfg.max_bad_steps})")
             if bad_steps >= cfg.max_bad_steps:
                 tracker.close()
                 raise TrainingStopped(f"step {step}: {bad_steps} consecutive non-finite steps; stopping. "
                                       f"The last good checkpoints are kept in {cfg.out_dir}", 3)
-        else:
-            bad_steps = 0
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
         step += 1
         state["samples_seen"] += gmb * cfg.accum_steps
         step_seconds += time.time() - t0
         step_count += 1
+        stats["step_seconds"].append(time.time() - t0)
+        stats["step_real_tokens"].append(real)
+        stats["step_padded_tokens"].append(padded)
 
         if step % cfg.log_every == 0 and master:
             dt, n = time.time() - t_log, cfg.log_every
@@ -340,7 +362,8 @@ def train(cfg, resume=False):
         dist.destroy_process_group()
     best = load_checkpoint(best_path)["metrics"] if master and os.path.exists(best_path) else last_metrics
     log(f"done: {step} steps in {(time.time() - t_start) / 60:.1f} min; best {format_metrics(best)}")
-    return best
+    return {"best": best, "last": last_metrics, "steps": step, "samples_seen": state["samples_seen"],
+            "train_seconds": time.time() - t_start, "precision": precision, **stats}
 
 
 def save_predictions(path, ds, val_idx, probs, thresholds, step):
