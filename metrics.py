@@ -3,6 +3,7 @@
     from metrics import evaluate, tune_thresholds
     m = evaluate(probs, labels)                             # probs, labels: (N, 6)
     th = tune_thresholds(probs, labels); evaluate(probs, labels, th)
+    weighted_label_aucs(probs, labels, counts)             # counts (R, N): R bootstrap resamples at once
 """
 import math
 
@@ -75,3 +76,47 @@ def format_metrics(m):
     if m["auc_labels_defined"] < len(LABELS):
         s += f" (AUC over {m['auc_labels_defined']} of {len(LABELS)} labels: the others have one class only)"
     return s
+
+
+# ----------------------------------------------------------------------------
+# the same metrics under many row weightings at once (bootstrap resamples as counts)
+
+
+def weighted_label_aucs(probs, labels, weights):
+    """ROC AUC per label under each row of weights (R, N) -> (R, L); nan where a label has one class.
+
+    With bootstrap counts as weights this is exactly the AUC of the resampled rows (a row drawn
+    k times counts k times), without building or re-sorting R copies. AUC = P(pos > neg) +
+    P(pos == neg) / 2: each label's negatives are sorted once, and every resample's cumulative
+    negative weight, read at each positive's score, counts the negatives below (ties half).
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    out = np.full((weights.shape[0], labels.shape[1]), math.nan)
+    for j in range(labels.shape[1]):
+        y = labels[:, j].astype(bool)
+        pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+        neg = neg[np.argsort(probs[neg, j], kind="stable")]
+        cum_neg = np.zeros((weights.shape[0], len(neg) + 1))
+        np.cumsum(weights[:, neg], axis=1, out=cum_neg[:, 1:])             # (R,Nn+1), 0 first
+        lo = np.searchsorted(probs[neg, j], probs[pos, j], side="left")     # negatives strictly below
+        hi = np.searchsorted(probs[neg, j], probs[pos, j], side="right")    # ... or tied
+        w_pos = weights[:, pos]                                             # (R,P)
+        num = (w_pos * 0.5 * (cum_neg[:, lo] + cum_neg[:, hi])).sum(1)      # (R,P) * (R,P) -> (R,)
+        n_pos, n_neg = w_pos.sum(1), cum_neg[:, -1]
+        ok = (n_pos > 0) & (n_neg > 0)
+        out[ok, j] = num[ok] / (n_pos[ok] * n_neg[ok])
+    return out
+
+
+def weighted_f1s(probs, labels, thresholds, weights):
+    """F1 per label of probs >= thresholds under each row of weights (R, N) -> (R, L).
+
+    0 where a label has neither positives nor predictions, as f1_scores (zero_division=0),
+    so mean(axis=1) is its macro F1 on the resampled rows.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    pred = (probs >= np.asarray(thresholds)[None, :]).astype(np.float64)  # (N,L)
+    y = labels.astype(np.float64)
+    tp = weights @ (pred * y)                         # (R,N) @ (N,L) -> (R,L)
+    denom = weights @ pred + weights @ y              # predicted + actual positives
+    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)

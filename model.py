@@ -11,8 +11,7 @@ import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoModel
 
-POOLINGS = ("cls", "mean")
-EMBEDDED = "sentence-transformers/all-MiniLM-L6-v2"
+from config import EMBEDDED, POOLINGS
 
 
 class ToxicClassifier(nn.Module):
@@ -110,7 +109,8 @@ def save_checkpoint(ckpt, path):
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
-        if os.environ.get("TOXIC_TEST_PAUSE_IN_SAVE"):  # test hook: lets a test kill us mid-write
+        if os.environ.get("TOXIC_TEST_PAUSE_IN_SAVE") and os.path.exists(path):
+            # test hook: freeze while replacing a checkpoint, so a test can SIGKILL us mid-write
             open(os.environ["TOXIC_TEST_PAUSE_IN_SAVE"], "w").close()
             import time
             time.sleep(3600)

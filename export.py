@@ -1,0 +1,262 @@
+"""Export a trained checkpoint to ONNX for CPU serving with predict.py (no torch needed there).
+
+    python export.py                                   # runs/base/best.pt (configs/base.json, CLS) -> exports/base/
+    python export.py --avg                             # runs/average/best.pt (configs/average.json, mean pooling)
+    python export.py --checkpoint runs/mini/best.pt    # any checkpoint -> exports/mini/
+    python export.py --checkpoint runs/mini/best.pt --out exports/mini --quantize int8
+
+Writes into the output folder (replaced as a whole, and only once every check has passed):
+  model.onnx       fp32, one self-contained file (no .onnx.data); inputs input_ids, attention_mask
+                   (int64, dynamic batch and sequence axes), output probs (B, 6), sigmoid inside.
+  model.int8.onnx  with --quantize int8: dynamic quantization (int8 weights per channel, 7-bit range
+                   for CPUs without VNNI; see quantize_int8), about 1/4 the size; predict.py uses it
+                   by default, the recommended CPU model (predict.py --fp32 forces model.onnx).
+  tokenizer.json   the encoder's tokenizer, padding and truncation off (predict.py makes windows).
+  export.json      format_version, labels, max_length, pooling, encoder, per-label thresholds,
+                   the checkpoint's step and validation metrics, the model files, parity figures.
+Parity: onnxruntime and PyTorch score the same padded batch of varied-length comments; the export
+fails (exit 1, nothing published) when the fp32 max abs difference exceeds 1e-4.
+"""
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import warnings
+
+from data import LABELS
+from predict import FORMAT_VERSION, PredictError, encode_texts, make_windows, window_batch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = {False: "configs/base.json", True: "configs/average.json"}
+PARITY_TOL = 1e-4
+OPSET = 17  # the first opset with LayerNormalization as one op
+# sdpa (the transformers default) traces correctly with a padding mask: the exported graph matches
+# PyTorch on other batch sizes, lengths and paddings than the trace's (checked on every export, and
+# eager attention was checked too). Set "eager" here if a future transformers breaks that.
+ATTN_IMPLEMENTATION = "sdpa"
+# Varied lengths and scripts; the joined ones make long rows (several windows), so the batch pads.
+PARITY_TEXTS = ["", "you are an idiot", "Thanks for fixing the citation, it reads much better now.",
+                "I will find where you live 🙂🙂", "Привет, мир! 世界你好 مرحبا", "STOP VANDALISING THIS PAGE!!!",
+                'The section is too long; maybe split it into two, "History" and "Today"?']
+PARITY_TEXTS += [" ".join(PARITY_TEXTS * k) for k in (2, 5, 20)]
+
+
+class ExportError(RuntimeError):
+    """A problem with the checkpoint, the tokenizer or the output folder: one line, names the path."""
+
+
+# ----------------------------------------------------------------------------
+# inputs and outputs
+
+def default_checkpoint(avg):
+    """runs/<out_dir of configs/base.json or configs/average.json>/best.pt, relative to the current
+    directory as train.py writes it; the config is read from this project."""
+    cfg_path = os.path.join(ROOT, CONFIGS[avg])
+    try:
+        out_dir = json.load(open(cfg_path))["out_dir"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ExportError(f"{CONFIGS[avg]}: cannot read out_dir ({type(e).__name__}: {e})") from None
+    return os.path.join(out_dir, "best.pt"), CONFIGS[avg]
+
+
+def check_out_dir(out):
+    """Replacing a folder is only safe when it is an earlier export (or empty): never delete a stranger's files."""
+    if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out)
+                                                             or os.path.isfile(os.path.join(out, "export.json")))):
+        raise ExportError(f"{out}: exists and is not an export folder; pick another --out")
+
+
+def publish(tmp, out):
+    """Swap the finished temporary folder in for out (an older export of the same name is removed)."""
+    old = None
+    if os.path.exists(out):
+        old = f"{tmp}.old"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old:
+        shutil.rmtree(old)
+
+
+def save_tokenizer(encoder_name, path):
+    """tokenizer.json with padding and truncation off -> (prefix_ids, suffix_ids, pad_id)."""
+    from transformers import AutoTokenizer
+
+    from model import resolve_encoder
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_encoder(encoder_name)).backend_tokenizer
+    except Exception as e:  # not cached and no network, or not a tokenizer folder
+        raise ExportError(f"cannot load the tokenizer of {encoder_name!r} "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    tok.no_padding()
+    tok.no_truncation()
+    tok.save(path)
+    # The special tokens around one sequence ([CLS] ... [SEP] for BERT), found rather than assumed.
+    plain, full = tok.encode("a", add_special_tokens=False).ids, tok.encode("a").ids
+    at = next(i for i in range(len(full)) if full[i:i + len(plain)] == plain)
+    return full[:at], full[at + len(plain):], tok.token_to_id("[PAD]") or 0  # pad id as train.py
+
+
+# ----------------------------------------------------------------------------
+# export and checks
+
+def make_wrapper(model):
+    """The classifier with the sigmoid inside, so the graph outputs probabilities."""
+    import torch
+
+    class Probs(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return torch.sigmoid(self.m(input_ids, attention_mask))  # (B,T) -> (B,6) probabilities
+
+    return Probs(model).eval()
+
+
+def onnx_probs(path, ids, mask):
+    import onnxruntime as ort
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return sess.run(["probs"], {"input_ids": ids, "attention_mask": mask})[0]
+
+
+def quantize_int8(src, dst):
+    """Dynamic quantization: int8 weights, activations quantized at run time, embeddings too (4x smaller).
+
+    reduce_range (7-bit weights): CPUs without VNNI (AVX2, like ours) multiply u8 x s8 pairs into
+    saturating int16 sums, which full-range weights overflow; per_channel scales win the lost bit
+    back. Measured against fp32 on 200 sample comments (MiniLM, AVX2): mean |logit error| 0.0095
+    with both, 0.016 per channel only, 0.021 per tensor (the default); the same speed."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" advice fails on BERT graphs (symbolic shapes)
+    try:
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+    finally:
+        root.setLevel(level)
+
+
+def export(ckpt_path, out, quantize=None):
+    """Export, check parity, publish to out. Returns the export.json dict."""
+    import numpy as np
+    import onnx
+    import torch
+
+    from model import load_checkpoint, model_from_checkpoint
+    ckpt = load_checkpoint(ckpt_path)
+    for key in ("config", "step", "metrics"):
+        if key not in ckpt:
+            raise ExportError(f"{ckpt_path}: checkpoint has no {key!r}; not written by this train.py")
+    cfg = ckpt["config"]
+    thresholds = ckpt.get("thresholds") or [0.5] * len(LABELS)
+    if "thresholds" not in ckpt:
+        print(f"warning: {ckpt_path}: no tuned thresholds; using 0.5 for every label", file=sys.stderr)
+    model = model_from_checkpoint(ckpt)
+    model.encoder.set_attn_implementation(ATTN_IMPLEMENTATION)
+    wrapper = make_wrapper(model)
+
+    check_out_dir(out)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(os.path.abspath(out))}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        prefix, suffix, pad_id = save_tokenizer(cfg["encoder"], os.path.join(tmp, "tokenizer.json"))
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(os.path.join(tmp, "tokenizer.json"))
+        seqs = encode_texts(tok, PARITY_TEXTS)
+        windows = make_windows(seqs, cfg["max_length"] - len(prefix) - len(suffix))
+        ids, mask = window_batch(seqs, windows, np.arange(len(windows[0])), prefix, suffix, pad_id)
+        print(f"parity batch: {ids.shape[0]} windows of {mask.sum(1).min()}..{ids.shape[1]} tokens")
+
+        fp32 = os.path.join(tmp, "model.onnx")
+        with warnings.catch_warnings():
+            # TracerWarnings on transformers' mask code test shapes that hold for every input (the mask
+            # is as long as the sequence and never None); the deprecation one is about dynamo=False,
+            # which we want (one self-contained file). Parity below is the real check.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapper, (torch.from_numpy(ids), torch.from_numpy(mask)), fp32,
+                              input_names=["input_ids", "attention_mask"], output_names=["probs"],
+                              dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                            "attention_mask": {0: "batch", 1: "sequence"}, "probs": {0: "batch"}},
+                              opset_version=OPSET, dynamo=False)
+        onnx.checker.check_model(fp32)
+        with torch.no_grad():
+            ref = wrapper(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()  # (B,6)
+        got = onnx_probs(fp32, ids, mask)
+        diff = float(np.abs(got - ref).max())
+        print(f"fp32 parity: max abs diff {diff:.2e} (onnxruntime vs PyTorch, tolerance {PARITY_TOL:g})")
+        if not diff <= PARITY_TOL:  # also catches nan
+            raise ExportError(f"{ckpt_path}: ONNX and PyTorch disagree by {diff:.2e} > {PARITY_TOL:g}; "
+                              f"nothing written to {out} (try ATTN_IMPLEMENTATION = 'eager' in export.py)")
+        models, parity = {"fp32": "model.onnx"}, {"fp32_max_abs_diff": diff, "windows": int(ids.shape[0])}
+
+        if quantize == "int8":
+            int8 = os.path.join(tmp, "model.int8.onnx")
+            quantize_int8(fp32, int8)
+            q = onnx_probs(int8, ids, mask)
+            th = np.asarray(thresholds)
+            agree = float(((q >= th) == (got >= th)).mean())
+            qdiff = float(np.abs(q - got).max())
+            s32, s8 = os.path.getsize(fp32), os.path.getsize(int8)
+            print(f"int8: {s8 / 1e6:.1f} MB vs fp32 {s32 / 1e6:.1f} MB ({s8 / s32:.0%}); vs fp32 on the parity "
+                  f"batch: max abs diff {qdiff:.4f}, decisions at the thresholds agree {agree:.1%} "
+                  f"({ids.shape[0]} windows x {len(LABELS)} labels)")
+            models["int8"] = "model.int8.onnx"
+            parity.update(int8_max_abs_diff=qdiff, int8_decision_agreement=agree)
+
+        import onnxruntime
+        import transformers
+        meta = {"format_version": FORMAT_VERSION, "labels": list(LABELS), "max_length": int(cfg["max_length"]),
+                "pooling": ckpt["model_config"]["pooling"], "encoder": cfg["encoder"],
+                "thresholds": {name: float(t) for name, t in zip(LABELS, thresholds)},
+                "models": models, "default_model": "int8" if "int8" in models else "fp32",
+                "tokenizer": "tokenizer.json", "prefix_ids": prefix, "suffix_ids": suffix, "pad_id": pad_id,
+                "checkpoint": {"path": os.path.abspath(ckpt_path), "step": int(ckpt["step"]),
+                               "validation_metrics": ckpt["metrics"]},
+                "parity": parity, "opset": OPSET, "attn_implementation": ATTN_IMPLEMENTATION,
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                             "onnxruntime": onnxruntime.__version__}}
+        with open(os.path.join(tmp, "export.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+        publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {out}/: {', '.join(sorted(os.listdir(out)))}")
+    return meta
+
+
+# ----------------------------------------------------------------------------
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Export a checkpoint to ONNX (see the docstring).")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--avg", action="store_true", help="export runs/average/best.pt (configs/average.json)")
+    src.add_argument("--checkpoint", help="any checkpoint written by train.py")
+    p.add_argument("--out", help="output folder (default: exports/<run folder name>)")
+    p.add_argument("--quantize", choices=["int8"], help="also write a dynamically quantized int8 model")
+    args = p.parse_args(argv)
+    try:
+        ckpt, hint = (args.checkpoint, None) if args.checkpoint else default_checkpoint(args.avg)
+        if not os.path.isfile(ckpt):  # before importing torch: a typo fails in a blink
+            more = f" (train it with: python train.py {hint})" if hint else ""
+            raise ExportError(f"{ckpt}: no such checkpoint{more}")
+        out = args.out or os.path.join("exports", os.path.basename(os.path.dirname(os.path.abspath(ckpt))))
+        check_out_dir(out)
+        from model import CheckpointError
+        try:
+            export(ckpt, out, args.quantize)
+        except CheckpointError as e:
+            raise ExportError(str(e)) from None
+    except (ExportError, PredictError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # disk full, permissions: name the file, no traceback
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""config.py: JSON + CLI overrides, and every rejected input exits 2 with one line naming the key."""
+import json
+
+import pytest
+
+from config import Config, ConfigError, load_config
+from conftest import SAMPLE, run_train
+
+
+def _write(tmp_path, obj, name="c.json"):
+    p = tmp_path / name
+    p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    return str(p)
+
+
+def test_json_then_cli_overrides(tmp_path):
+    path = _write(tmp_path, {"data_path": SAMPLE, "lr": 1e-4, "pooling": "mean", "epochs": 2})
+    cfg, resume = load_config([path, "--lr", "3e-5", "--max_steps", "10", "--aim", "false", "--resume"])
+    assert (cfg.lr, cfg.max_steps, cfg.aim, cfg.pooling, cfg.epochs, resume) == (3e-5, 10, False, "mean", 2.0, True)
+    assert isinstance(cfg.epochs, float) and cfg.batch_size == Config.batch_size
+    with pytest.raises(Exception):
+        cfg.lr = 1.0  # frozen: never mutated after resolving
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("{not json", "not valid JSON"),
+    ({"lrr": 1e-4}, "unknown key 'lrr'"),
+    ({"batch_size": "32"}, "batch_size expects int"),
+    ({"batch_size": 3.5}, "batch_size expects int"),
+    ({"aim": 1}, "aim expects bool"),
+    ({"batch_size": 0}, "batch_size must be > 0"),
+    ({"batch_size": -4}, "batch_size must be > 0"),
+    ({"lr": -1e-5}, "lr must be > 0"),
+    ({"lr": 0}, "lr must be > 0"),
+    ({"val_fraction": 1.0}, "val_fraction must be in (0, 1)"),
+    ({"val_fraction": 0}, "val_fraction must be in (0, 1)"),
+    ({"pooling": "max"}, "pooling must be one of cls, mean"),
+    ({"precision": "int4"}, "precision must be one of"),
+    ({"data_path": "nowhere/train.csv"}, "data_path 'nowhere/train.csv' does not exist"),
+    ([1, 2], "expected a JSON object"),
+])
+def test_bad_config_is_one_line_exit_2(tmp_path, content, needle):
+    if isinstance(content, dict) and "data_path" not in content:
+        content = {"data_path": SAMPLE, **content}
+    path = _write(tmp_path, content)
+    with pytest.raises(ConfigError, match=None) as e:
+        load_config([path])
+    assert needle in str(e.value) and path in str(e.value)
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("{not json", "not valid JSON"), ({"lrr": 1e-4}, "unknown key 'lrr'"), ({"lr": "fast"}, "lr expects float")])
+def test_bad_config_through_the_cli(tmp_path, content, needle):
+    r = run_train([_write(tmp_path, content)])  # one line on stderr, exit 2, no traceback
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_cli_value_and_unknown_flag(tmp_path):
+    path = _write(tmp_path, {"data_path": SAMPLE})
+    with pytest.raises(ConfigError, match="--max_steps expects int"):
+        load_config([path, "--max_steps", "ten"])
+    r = run_train([path, "--no_such_key", "1"])
+    assert r.returncode == 2 and "unrecognized arguments: --no_such_key" in r.stderr
+
+
+def test_missing_config_file():
+    r = run_train(["configs/nope.json"])
+    assert r.returncode == 2 and "configs/nope.json: cannot read" in r.stderr
+
+
+def test_shipped_configs_load():
+    for name in ("mini", "mini_average"):
+        cfg, _ = load_config([f"configs/{name}.json"])
+        assert cfg.encoder == "sentence-transformers/all-MiniLM-L6-v2"
+    assert load_config(["configs/mini_average.json"])[0].pooling == "mean"
+    for name, pooling in (("base", "cls"), ("average", "mean")):
+        raw = json.load(open(f"configs/{name}.json"))
+        assert raw["encoder"] == "google-bert/bert-base-uncased" and raw["pooling"] == pooling
+        assert set(raw) <= set(Config.__dataclass_fields__)

@@ -1,0 +1,143 @@
+"""export.py: one self-contained ONNX file that matches PyTorch, an int8 model that runs, export.json,
+and one-line errors. The export of the tiny run is shared with tests/test_predict.py (export_dir)."""
+import contextlib
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+import export
+import predict
+from data import LABELS
+
+_EXPORTS = {}  # one export per session, whichever test file asks first
+
+
+@pytest.fixture(scope="session")
+def export_dir(tiny_run, tmp_path_factory):
+    """The tiny run exported with --quantize int8 -> (folder, what export.py printed)."""
+    key = str(tiny_run)
+    if key not in _EXPORTS:
+        out = tmp_path_factory.mktemp("exports") / "tiny"
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            export.main(["--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--quantize", "int8"])
+        _EXPORTS[key] = (str(out), buf.getvalue())
+    return _EXPORTS[key]
+
+
+def torch_probs(ckpt_path, ids, mask):
+    import torch
+
+    from model import load_checkpoint, model_from_checkpoint
+    model = model_from_checkpoint(load_checkpoint(ckpt_path))
+    with torch.no_grad():
+        return torch.sigmoid(model(torch.from_numpy(ids), torch.from_numpy(mask))).numpy()
+
+
+def ragged_batch(rng, batch, width, vocab=30000):
+    """Random ids with [CLS]/[SEP] and right padding of varied lengths (one row unpadded)."""
+    ids = np.zeros((batch, width), dtype=np.int64)
+    mask = np.zeros((batch, width), dtype=np.int64)
+    for i in range(batch):
+        n = width if i == 0 else int(rng.integers(2, width + 1))
+        ids[i, :n] = np.concatenate([[101], rng.integers(1000, vocab, n - 2), [102]])
+        mask[i, :n] = 1
+    return ids, mask
+
+
+# ----------------------------------------------------------------------------
+
+def test_export_writes_one_self_contained_onnx_file(export_dir):
+    import onnx
+    out, printed = export_dir
+    assert sorted(os.listdir(out)) == ["export.json", "model.int8.onnx", "model.onnx", "tokenizer.json"]
+    assert not [f for f in os.listdir(os.path.dirname(out)) if f.startswith(".")]  # no temporary folder left
+    m = onnx.load(os.path.join(out, "model.onnx"), load_external_data=False)
+    assert not [t.name for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    inputs = {i.name: i.type.tensor_type for i in m.graph.input}
+    assert set(inputs) == {"input_ids", "attention_mask"}
+    for t in inputs.values():
+        assert t.elem_type == onnx.TensorProto.INT64
+        assert all(d.dim_param for d in t.shape.dim)  # batch and sequence are both dynamic
+    assert [o.name for o in m.graph.output] == ["probs"]
+    assert "fp32 parity: max abs diff" in printed and "int8:" in printed and "agree" in printed
+
+
+def test_export_json_carries_what_predict_needs(export_dir, tiny_run):
+    import torch
+    ckpt = torch.load(tiny_run / "best.pt", weights_only=True)
+    meta = json.load(open(os.path.join(export_dir[0], "export.json")))
+    assert meta["format_version"] == predict.FORMAT_VERSION
+    assert meta["labels"] == list(LABELS)
+    assert meta["max_length"] == ckpt["config"]["max_length"]
+    assert meta["pooling"] == "cls" and meta["encoder"] == ckpt["config"]["encoder"]
+    assert [meta["thresholds"][n] for n in LABELS] == pytest.approx(ckpt["thresholds"])
+    assert meta["checkpoint"]["step"] == ckpt["step"]
+    assert meta["checkpoint"]["validation_metrics"]["aucroc_macro"] == pytest.approx(ckpt["metrics"]["aucroc_macro"])
+    assert meta["models"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+    assert meta["prefix_ids"] == [101] and meta["suffix_ids"] == [102]  # BERT's [CLS] ... [SEP]
+    assert meta["parity"]["fp32_max_abs_diff"] <= 1e-4
+
+
+def test_fp32_parity_on_new_shapes_and_int8_runs(export_dir, tiny_run):
+    """Batch sizes, lengths and paddings the trace never saw: within 1e-4 of PyTorch."""
+    import onnxruntime as ort
+    out = export_dir[0]
+    rng = np.random.default_rng(0)
+    for batch, width in [(5, 77), (1, 3), (9, 128)]:
+        ids, mask = ragged_batch(rng, batch, width)
+        ref = torch_probs(str(tiny_run / "best.pt"), ids, mask)
+        got = ort.InferenceSession(os.path.join(out, "model.onnx")).run(
+            ["probs"], {"input_ids": ids, "attention_mask": mask})[0]
+        assert got.shape == (batch, 6)
+        assert np.abs(got - ref).max() <= 1e-4
+        q = ort.InferenceSession(os.path.join(out, "model.int8.onnx")).run(
+            ["probs"], {"input_ids": ids, "attention_mask": mask})[0]
+        assert q.shape == (batch, 6) and np.isfinite(q).all()
+        assert np.abs(q - got).max() < 0.05
+
+
+def test_failed_parity_publishes_nothing(tiny_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export, "PARITY_TOL", -1.0)  # every export now "fails" its check
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as e:
+        export.main(["--checkpoint", str(tiny_run / "best.pt"), "--out", str(out)])
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "disagree" in err[0] and "Traceback" not in err[0]
+    assert os.listdir(tmp_path) == []  # neither the folder nor its temporary twin
+
+
+def one_line_error(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        export.main(argv)
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_missing_or_unreadable_checkpoint(tmp_path, capsys):
+    assert "nope.pt: no such checkpoint" in one_line_error(capsys, ["--checkpoint", str(tmp_path / "nope.pt")])
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    assert f"{junk}: unreadable checkpoint" in one_line_error(capsys, ["--checkpoint", str(junk)])
+
+
+def test_default_checkpoints_come_from_the_configs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    msg = one_line_error(capsys, [])
+    assert os.path.join("runs", "base", "best.pt") in msg and "configs/base.json" in msg
+    msg = one_line_error(capsys, ["--avg"])
+    assert os.path.join("runs", "average", "best.pt") in msg and "configs/average.json" in msg
+
+
+def test_out_folder_of_other_files_is_refused(tiny_run, tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    msg = one_line_error(capsys, ["--checkpoint", str(tiny_run / "best.pt"), "--out", str(tmp_path)])
+    assert "not an export folder" in msg
+    assert (tmp_path / "precious.txt").read_text() == "keep me"

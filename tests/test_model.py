@@ -1,0 +1,47 @@
+"""model.py: pooling, padding invariance, rebuilding from a checkpoint dict."""
+import torch
+
+from model import ToxicClassifier, build_model, model_config, model_from_checkpoint
+
+
+def _batch():
+    torch.manual_seed(1)
+    ids = torch.randint(1000, 2000, (3, 9))
+    mask = torch.tensor([[1] * 9, [1] * 5 + [0] * 4, [1] * 2 + [0] * 7])
+    ids[:, 0] = 101  # [CLS]
+    return ids * mask, mask
+
+
+def test_padding_does_not_change_logits(tiny_encoder):
+    for pooling in ("cls", "mean"):
+        model = build_model(tiny_encoder, pooling, dropout=0.0).eval()
+        ids, mask = _batch()
+        extra = torch.zeros(3, 7, dtype=torch.long)
+        with torch.no_grad():
+            a = model(ids, mask)
+            b = model(torch.cat([ids, extra], 1), torch.cat([mask, extra], 1))
+        assert a.shape == (3, 6)
+        assert torch.allclose(a, b, atol=1e-5), (pooling, (a - b).abs().max())
+
+
+def test_mean_pooling_is_masked_mean_and_differs_from_cls(tiny_encoder):
+    torch.manual_seed(0)
+    cls = build_model(tiny_encoder, "cls", dropout=0.0).eval()
+    mean = build_model(tiny_encoder, "mean", dropout=0.0).eval()
+    mean.head.load_state_dict(cls.head.state_dict())
+    ids, mask = _batch()
+    with torch.no_grad():
+        h = cls.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        expected = torch.stack([h[i, :int(mask[i].sum())].mean(0) for i in range(3)])
+        assert torch.allclose(mean.head(expected), mean(ids, mask), atol=1e-5)
+        assert not torch.allclose(cls(ids, mask), mean(ids, mask), atol=1e-3)
+
+
+def test_rebuild_from_checkpoint_dict(tiny_encoder):
+    model = build_model(tiny_encoder, "mean", dropout=0.1).eval()
+    ckpt = {"model": model.state_dict(), "model_config": model_config(model, tiny_encoder, 0.1)}
+    again = model_from_checkpoint(ckpt)
+    ids, mask = _batch()
+    with torch.no_grad():
+        assert torch.equal(model(ids, mask), again(ids, mask))
+    assert isinstance(again, ToxicClassifier) and again.pooling == "mean"
