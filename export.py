@@ -1,6 +1,6 @@
 """Export a trained checkpoint to ONNX for CPU serving with predict.py (no torch needed there).
 
-    python export.py                                   # runs/base/best.pt (configs/base.json, CLS) -> exports/base/
+    python export.py                                   # runs/base/best.pt (configs/base.json) -> exports/base/
     python export.py --avg                             # runs/average/best.pt (configs/average.json, mean pooling)
     python export.py --checkpoint runs/mini/best.pt    # any checkpoint -> exports/mini/
     python export.py --checkpoint runs/mini/best.pt --out exports/mini --quantize int8
@@ -15,7 +15,7 @@ Writes into the output folder (replaced as a whole, and only once every check ha
   export.json      format_version, labels, max_length, pooling, encoder, per-label thresholds,
                    the checkpoint's step and validation metrics, the model files, parity figures.
 Parity: onnxruntime and PyTorch score the same padded batch of varied-length comments; the export
-fails (exit 1, nothing published) when the fp32 max abs difference exceeds 1e-4.
+fails (exit 2, nothing published) when the fp32 max abs difference exceeds 1e-4.
 """
 import argparse
 import json
@@ -26,7 +26,7 @@ import sys
 import warnings
 
 from data import LABELS
-from predict import FORMAT_VERSION, PredictError, encode_texts, make_windows, window_batch
+from predict import FORMAT_VERSION, encode_texts, make_windows, window_batch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = {False: "configs/base.json", True: "configs/average.json"}
@@ -38,8 +38,8 @@ OPSET = 17  # the first opset with LayerNormalization as one op
 ATTN_IMPLEMENTATION = "sdpa"
 # Varied lengths and scripts; the joined ones make long rows (several windows), so the batch pads.
 PARITY_TEXTS = ["", "you are an idiot", "Thanks for fixing the citation, it reads much better now.",
-                "I will find where you live 🙂🙂", "Привет, мир! 世界你好 مرحبا", "STOP VANDALISING THIS PAGE!!!",
-                'The section is too long; maybe split it into two, "History" and "Today"?']
+                "I will find where you live 🙂🙂", "Привет, мир! 世界你好 مرحبا",
+                "STOP VANDALISING THIS PAGE!!!", 'Too long; maybe split it into "History" and "Today"?']
 PARITY_TEXTS += [" ".join(PARITY_TEXTS * k) for k in (2, 5, 20)]
 
 
@@ -62,9 +62,9 @@ def default_checkpoint(avg):
 
 
 def check_out_dir(out):
-    """Replacing a folder is only safe when it is an earlier export (or empty): never delete a stranger's files."""
-    if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out)
-                                                             or os.path.isfile(os.path.join(out, "export.json")))):
+    """Only an earlier export (or an empty folder) may be replaced: never delete a stranger's files."""
+    replaceable = os.path.isdir(out) and (not os.listdir(out) or os.path.isfile(os.path.join(out, "export.json")))
+    if os.path.exists(out) and not replaceable:
         raise ExportError(f"{out}: exists and is not an export folder; pick another --out")
 
 
@@ -159,7 +159,8 @@ def export(ckpt_path, out, quantize=None):
     wrapper = make_wrapper(model)
 
     check_out_dir(out)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(os.path.abspath(out))}.tmp-{os.getpid()}")
+    parent, name = os.path.split(os.path.abspath(out))
+    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")  # hidden: predict.py never picks it as newest
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
@@ -197,6 +198,8 @@ def export(ckpt_path, out, quantize=None):
             int8 = os.path.join(tmp, "model.int8.onnx")
             quantize_int8(fp32, int8)
             q = onnx_probs(int8, ids, mask)
+            if not np.isfinite(q).all():
+                raise ExportError(f"{ckpt_path}: the int8 model gives non-finite probabilities; nothing written")
             th = np.asarray(thresholds)
             agree = float(((q >= th) == (got >= th)).mean())
             qdiff = float(np.abs(q - got).max())
@@ -215,12 +218,12 @@ def export(ckpt_path, out, quantize=None):
                 "models": models, "default_model": "int8" if "int8" in models else "fp32",
                 "tokenizer": "tokenizer.json", "prefix_ids": prefix, "suffix_ids": suffix, "pad_id": pad_id,
                 "checkpoint": {"path": os.path.abspath(ckpt_path), "step": int(ckpt["step"]),
-                               "validation_metrics": ckpt["metrics"]},
+                               "validation_metrics": {k: None if v != v else v for k, v in ckpt["metrics"].items()}},
                 "parity": parity, "opset": OPSET, "attn_implementation": ATTN_IMPLEMENTATION,
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                              "onnxruntime": onnxruntime.__version__}}
         with open(os.path.join(tmp, "export.json"), "w") as f:
-            json.dump(meta, f, indent=1)
+            json.dump(meta, f, indent=1, allow_nan=False)  # strict JSON: an undefined AUC (nan) is null
         publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -250,12 +253,12 @@ def main(argv=None):
             export(ckpt, out, args.quantize)
         except CheckpointError as e:
             raise ExportError(str(e)) from None
-    except (ExportError, PredictError) as e:
+    except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)
     except OSError as e:  # disk full, permissions: name the file, no traceback
         print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -82,19 +82,27 @@ def read_meta(model_dir):
 
 
 def physical_cores():
-    """Distinct cores among the CPUs we may run on: hyperthreads share one core's matmul units."""
+    """Distinct cores among the CPUs we may run on (hyperthreads share one core's matmul units),
+    capped by a container's CPU quota: more threads than that only wait for each other."""
     try:
         topo = "/sys/devices/system/cpu/cpu{}/topology/{}"
-        return len({(open(topo.format(c, "physical_package_id")).read(), open(topo.format(c, "core_id")).read())
-                    for c in os.sched_getaffinity(0)})
+        n = len({(open(topo.format(c, "physical_package_id")).read(), open(topo.format(c, "core_id")).read())
+                 for c in os.sched_getaffinity(0)})
     except (OSError, AttributeError):  # not Linux
         return os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        return max(1, min(n, -(-int(quota) // int(period)))) if quota != "max" else n
+    except (OSError, ValueError):  # cgroup v1 or none
+        return n
 
 
 def load_model(model_dir, fp32=False):
     """-> namespace(meta, kind, path, labels, thresholds, tokenizer, session). The imports are here."""
     meta = read_meta(model_dir)
-    kind = "int8" if "int8" in meta["models"] and not fp32 else "fp32"
+    kind = "fp32" if fp32 else meta.get("default_model", "fp32")  # export.py: int8 when it wrote one
+    if kind not in meta["models"]:
+        raise PredictError(f"{model_dir}/export.json: no {kind} model listed in models")
     path = os.path.join(model_dir, meta["models"][kind])
     import numpy as np
     import onnxruntime as ort
@@ -239,7 +247,8 @@ def read_jsonl(text, name):
         try:
             obj = json.loads(line)
         except (ValueError, RecursionError) as e:
-            raise PredictError(f"{name}: line {n}: not valid JSON ({getattr(e, 'msg', 'nested too deep')})") from None
+            why = getattr(e, "msg", "nested too deep")
+            raise PredictError(f"{name}: line {n}: not valid JSON ({why})") from None
         t = obj.get("text", obj.get("comment_text")) if isinstance(obj, dict) else None
         if not isinstance(t, str):
             raise PredictError(f"{name}: line {n}: expected an object with a string 'text' or 'comment_text'")
@@ -301,7 +310,8 @@ def print_table(model, ids, texts, probs):
     found = [", ".join(decided(model, row)) or "-" for row in probs]
     iw, lw = max(1, *map(len, names)), max(len("labels"), *map(len, found))
     room = max(20, shutil.get_terminal_size().columns - iw - sum(cols) - 2 * len(cols) - lw - 6)
-    print(f"{'#':>{iw}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(model.labels, cols)) + f"  {'labels':<{lw}}  comment")
+    head = "  ".join(f"{n:>{w}}" for n, w in zip(model.labels, cols))
+    print(f"{'#':>{iw}}  {head}  {'labels':<{lw}}  comment")
     for name, row, labels, text in zip(names, probs, found, texts):
         print(f"{name:>{iw}}  " + "  ".join(f"{p:>{w}.3f}" for p, w in zip(row, cols))
               + f"  {labels:<{lw}}  {preview(text, room)}")
@@ -313,7 +323,10 @@ def print_json(model, ids, texts, probs):
         obj = {"index": i} if ids is None else {"index": i, "id": ids[i]}
         obj.update(text=text, scores={n: round(float(p), 6) for n, p in zip(model.labels, row)},
                    labels=decided(model, row))
-        print(json.dumps(obj, ensure_ascii=ascii_only))
+        line = json.dumps(obj, ensure_ascii=ascii_only)
+        for c in "\u2028\u2029\x85":  # valid raw in JSON, but str.splitlines() breaks lines there
+            line = line.replace(c, f"\\u{ord(c):04x}")
+        print(line)
 
 
 def write_submission(path, ids, labels, probs):

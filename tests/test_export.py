@@ -77,7 +77,7 @@ def test_export_json_carries_what_predict_needs(export_dir, tiny_run):
     assert meta["pooling"] == "cls" and meta["encoder"] == ckpt["config"]["encoder"]
     assert [meta["thresholds"][n] for n in LABELS] == pytest.approx(ckpt["thresholds"])
     assert meta["checkpoint"]["step"] == ckpt["step"]
-    assert meta["checkpoint"]["validation_metrics"]["aucroc_macro"] == pytest.approx(ckpt["metrics"]["aucroc_macro"])
+    assert meta["checkpoint"]["validation_metrics"] == pytest.approx(ckpt["metrics"])
     assert meta["models"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
     assert meta["prefix_ids"] == [101] and meta["suffix_ids"] == [102]  # BERT's [CLS] ... [SEP]
     assert meta["parity"]["fp32_max_abs_diff"] <= 1e-4
