@@ -75,6 +75,8 @@ def read_csv(path, labels=True):
     ids, texts, ys, seen = [], [], [], {}
     for where, row in read_rows(path, required):
         rid = row["id"].strip()
+        if not rid:  # ids join predictions to submissions and to val_predictions.npz
+            raise DataError(f"{path}: {where}, column id: empty id")
         if rid in seen:
             raise DataError(f"{path}: {where}, column id: duplicate id {rid!r} (first at {seen[rid]})")
         seen[rid] = where

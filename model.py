@@ -100,6 +100,27 @@ def load_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
+def load_resumable(path):
+    """A last.pt for --resume: load_checkpoint, plus the optimizer, scaler and loop state."""
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("optimizer", "scaler", "state", "config") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume from it: no {', '.join(missing)} "
+                              f"(best.pt holds the weights only; resume from last.pt)")
+    return ckpt
+
+
+def restore_training(ckpt, path, model, optimizer, scaler):
+    """Load a load_resumable() checkpoint into the model, optimizer and GradScaler; one-line errors."""
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+    except (RuntimeError, ValueError, KeyError) as e:  # another encoder, head or optimizer layout
+        detail = " ".join(str(e).split())[:300] or type(e).__name__  # torch's message spans lines
+        raise CheckpointError(f"{path}: does not fit this model and config ({detail})") from None
+
+
 def save_checkpoint(ckpt, path):
     """Atomic: write a temporary file, fsync, then rename. A crash never leaves half a file
     under the final name; the previous checkpoint stays intact until the rename."""

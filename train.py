@@ -6,6 +6,15 @@
     torchrun --nproc_per_node=8 train.py configs/base.json     # DistributedDataParallel
 Writes out_dir/best.pt (best validation AUC), out_dir/last.pt (everything needed to resume),
 out_dir/val_predictions.npz, and an Aim run in aim_repo.
+
+Faults. A checkpoint is replaced atomically, so a kill at any moment (SIGKILL included) leaves the
+previous one whole, and --resume from it ends with the same weights as an uninterrupted run.
+--resume without out_dir/last.pt is an error (a typo in out_dir never silently starts over).
+Exit codes: 2 bad config, data, checkpoint or Aim repo (found before the data is read where it can
+be); 3 `max_bad_steps` non-finite steps in a row (fp16 leaves overflows to its GradScaler; a
+non-finite loss counts); 4 a write failed, e.g. disk full: training stops, the previous checkpoint
+intact; 130/143 Ctrl-C/SIGTERM: last.pt written, the Aim run closed (130 too while starting up).
+Aim failing mid-run only warns. A run a killed process left open is closed by the next start.
 """
 import json
 import math
@@ -21,11 +30,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from data import LABELS, DataError, epoch_order, pad_batch, read_csv, sorted_batches, split_indices, tokenize
-from metrics import evaluate, format_metrics, tune_thresholds
+from data import LABELS, DataError, epoch_order, pad_batch, read_csv, split_indices, tokenize
+from metrics import format_metrics
 from config import ConfigError, load_config
-from model import CheckpointError, build_model, load_checkpoint, model_config, resolve_encoder, save_checkpoint
-from tracking import TrackingError, make_tracker
+from model import (CheckpointError, build_model, load_checkpoint, load_resumable, model_config, resolve_encoder,
+                   restore_training, save_checkpoint)
+from tracking import TrackingError, make_tracker, prepare_repo
+from validation import run_eval, save_predictions
 
 CHECKPOINT_VERSION = 1
 
@@ -96,47 +107,13 @@ def from_rank0(values, world, device):
     return t.tolist()
 
 
-# ----------------------------------------------------------------------------
-# evaluation
-
-
-@torch.no_grad()
-def predict_logits(model, seqs, rows, batch_size, device, autocast):
-    """Logits (len(rows), 6) in float32, batches sorted by length (least padding), order kept."""
-    model.eval()
-    out = np.zeros((len(rows), len(LABELS)), dtype=np.float32)
-    for b in sorted_batches(np.array([len(seqs[i]) for i in rows]), batch_size):
-        ids, mask = pad_batch([seqs[rows[i]] for i in b])
-        with autocast:
-            logits = model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
-        out[b] = logits.float().cpu().numpy()
-    model.train()
-    return out
-
-
-def run_eval(model, seqs, val_idx, labels, cfg, device, autocast, rank, world):
-    """Each rank scores its share of the validation rows; rank 0 gathers them, computes the
-    metrics once on the complete set, and every rank gets the same answer back."""
-    mine = np.arange(rank, len(val_idx), world)
-    logits = predict_logits(model, seqs, val_idx[mine], cfg.eval_batch_size, device, autocast)
-    parts = [(mine, logits)]
-    if world > 1:
-        parts = [None] * world if rank == 0 else None
-        dist.gather_object((mine, logits), parts, dst=0)
-    result = [None]
-    if rank == 0:
-        full = np.zeros((len(val_idx), len(LABELS)), dtype=np.float32)
-        for idx, part in parts:
-            full[idx] = part
-        y = labels[val_idx]
-        probs = 1 / (1 + np.exp(-full.astype(np.float64)))
-        thresholds = tune_thresholds(probs, y)
-        m = evaluate(probs, y, thresholds)
-        m["loss"] = float(np.mean(np.maximum(full, 0) - full * y + np.log1p(np.exp(-np.abs(full)))))
-        result = [(m, probs.astype(np.float32), thresholds)]
-    if world > 1:
-        dist.broadcast_object_list(result, src=0)
-    return result[0] if rank == 0 else (result[0][0], None, None)
+def any_rank(flag, world, device):
+    """True on every rank when it is true on any (a decision to stop must be the same everywhere)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 # ----------------------------------------------------------------------------
@@ -194,10 +171,21 @@ def train(cfg, resume=False):
     log(f"config: {json.dumps(asdict(cfg))}")
     log(f"device {device} x{world} | precision {precision} | global batch {gmb * cfg.accum_steps} "
         f"= {cfg.batch_size} per rank x {cfg.accum_steps} accum x {world} ranks")
+    best_path, last_path = os.path.join(cfg.out_dir, "best.pt"), os.path.join(cfg.out_dir, "last.pt")
+    if resume and not os.path.isfile(last_path):  # checked before the data: a bad start fails in a blink
+        raise CheckpointError(f"{last_path}: no checkpoint to resume from (the first is written at step "
+                              f"eval_every); start again without --resume")
+    ckpt = load_resumable(last_path) if resume else None
+    run_json = os.path.join(cfg.out_dir, "run.json")
+    if cfg.aim and master:
+        prepare_repo(cfg.aim_repo, run_json, ckpt["state"].get("aim_hash") if resume else None)
 
     # --- data
     ds = read_csv(cfg.data_path)
-    train_idx, val_idx = split_indices(ds.labels, cfg.val_fraction, cfg.split_seed)
+    try:
+        train_idx, val_idx = split_indices(ds.labels, cfg.val_fraction, cfg.split_seed)
+    except DataError as e:  # the split cannot know which file it splits
+        raise DataError(f"{cfg.data_path}: {e}") from None
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(cfg.encoder)).backend_tokenizer
     seqs = tokenize(tokenizer, ds.texts, cfg.max_length, os.path.join(cfg.cache_dir, "tokens"))
     pad_id = tokenizer.token_to_id("[PAD]") or 0
@@ -237,13 +225,9 @@ def train(cfg, resume=False):
                 torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16))
     pos_weight = pos_weights(ds.labels[train_idx], cfg.pos_weight, cfg.pos_weight_cap).to(device)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    best_path, last_path = os.path.join(cfg.out_dir, "best.pt"), os.path.join(cfg.out_dir, "last.pt")
     state = {"step": 0, "samples_seen": 0, "best_auc": -math.inf, "train_seconds": 0.0, "aim_hash": None}
     if resume:
-        ckpt = load_checkpoint(last_path, map_location=device)
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
+        restore_training(ckpt, last_path, raw_model, optimizer, scaler)
         state.update(ckpt["state"])
         changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["config"].items() if getattr(cfg, k, v) != v}
         log(f"resumed from {last_path} at step {state['step']}" + (f"; config changes {changed}" if changed else ""))
@@ -255,10 +239,11 @@ def train(cfg, resume=False):
     tracker = make_tracker(cfg.aim and master, cfg.aim_repo, os.path.basename(os.path.normpath(cfg.out_dir)),
                            hparams, state["aim_hash"])
     state["aim_hash"] = tracker.hash
-    if master:  # what compare.py and people need without opening a checkpoint
-        with open(os.path.join(cfg.out_dir, "run.json"), "w") as f:
+    if master:  # what compare.py and people need without opening a checkpoint; atomic, as checkpoints
+        with open(run_json + ".tmp", "w") as f:
             json.dump({"config": asdict(cfg), "aim_hash": tracker.hash, "aim_repo": cfg.aim_repo,
                        "precision_effective": precision, "world_size": world}, f, indent=1)
+        os.replace(run_json + ".tmp", run_json)
 
     def save(path, step, metrics, thresholds, with_state):
         if not master:
@@ -268,15 +253,18 @@ def train(cfg, resume=False):
                 "thresholds": [float(t) for t in thresholds]}
         if with_state:
             ckpt.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), state=dict(state))
-        save_checkpoint(ckpt, path)
+        try:
+            save_checkpoint(ckpt, path)
+        except OSError as e:  # disk full: stop now rather than train on with nothing to resume from
+            raise TrainingStopped(f"{path}: cannot write checkpoint ({e.strerror or e}); nothing was replaced: "
+                                  f"free some space, then continue with --resume", 4) from None
 
-    # Ctrl-C / SIGTERM: finish the current step, write last.pt, exit non-zero.
+    # Ctrl-C / SIGTERM: finish the current step, write last.pt, exit 128 + signal number.
     stop_signal = []
     def on_signal(signum, frame):
         stop_signal.append(signum)
         signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, on_signal)
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
     # --- loop
     batches = micro_batches(state["samples_seen"])
@@ -287,94 +275,102 @@ def train(cfg, resume=False):
     loss_sum, tokens_real, tokens_padded, t_log = torch.zeros((), device=device), 0, 0, time.time()
     stats = {"step_seconds": [], "step_real_tokens": [], "step_padded_tokens": []}  # for benchmarks
     last_metrics, last_thresholds = None, np.full(len(LABELS), 0.5)
-    raw_model.train()
-    while True:
-        elapsed = time.time() - t_start
-        horizon = total_steps
-        if budget and step_count >= 5:  # steps that fit in the remaining time, from the mean step time
-            horizon = min(total_steps, step + int((budget - elapsed) / (step_seconds / step_count)))
-        stop, out_of_time, horizon = from_rank0(
-            [float(bool(stop_signal)), float(bool(budget) and elapsed >= budget), float(horizon)], world, device)
-        horizon = int(horizon)
-        lr_mult = get_lr(step, horizon, cfg.warmup_steps)
-        for g in optimizer.param_groups:
-            g["lr"] = g["peak_lr"] * lr_mult
-        done = step >= horizon or out_of_time
-        state.update(step=step, train_seconds=elapsed)
+    if resume:  # stopped again before this attempt's first eval: last.pt keeps what it knew
+        last_metrics, last_thresholds = ckpt.get("metrics") or None, np.array(ckpt.get("thresholds", last_thresholds))
+    try:
+        raw_model.train()
+        while True:
+            elapsed = time.time() - t_start
+            horizon = total_steps
+            if budget and step_count >= 5:  # steps that fit in the remaining time, from the mean step time
+                horizon = min(total_steps, step + int((budget - elapsed) / (step_seconds / step_count)))
+            stop, out_of_time, horizon = from_rank0(
+                [float(bool(stop_signal)), float(bool(budget) and elapsed >= budget), float(horizon)], world, device)
+            horizon = int(horizon)
+            lr_mult = get_lr(step, horizon, cfg.warmup_steps)
+            for g in optimizer.param_groups:
+                g["lr"] = g["peak_lr"] * lr_mult
+            done = step >= horizon or out_of_time
+            state.update(step=step, train_seconds=elapsed)
 
-        if step > first_step and (step % cfg.eval_every == 0 or done):
-            metrics, probs, thresholds = run_eval(raw_model, seqs, val_idx, ds.labels, cfg, device, autocast, rank, world)
-            last_metrics = metrics
-            for k, v in metrics.items():
-                tracker.track(f"eval_{k}", v, step, "val")
-            log(f"eval step {step}: loss {metrics['loss']:.4f} | {format_metrics(metrics)}")
-            if metrics["aucroc_macro"] > state["best_auc"]:
-                state["best_auc"] = metrics["aucroc_macro"]
-                save(best_path, step, metrics, thresholds, with_state=False)
-                if master:
-                    save_predictions(os.path.join(cfg.out_dir, "val_predictions.npz"), ds, val_idx, probs, thresholds, step)
-            last_thresholds = thresholds
-            save(last_path, step, metrics, thresholds, with_state=True)
-        if done:
-            break
-        if stop:
-            save(last_path, step, last_metrics, last_thresholds, with_state=True)
-            tracker.close()
-            raise TrainingStopped(f"interrupted at step {step}; last.pt written, continue with --resume", 130)
+            if step > first_step and (step % cfg.eval_every == 0 or done):
+                metrics, probs, thresholds = run_eval(raw_model, seqs, val_idx, ds.labels, cfg, device, autocast,
+                                                      rank, world)
+                last_metrics = metrics
+                for k, v in metrics.items():
+                    tracker.track(f"eval_{k}", v, step, "val")
+                log(f"eval step {step}: loss {metrics['loss']:.4f} | {format_metrics(metrics)}")
+                if metrics["aucroc_macro"] > state["best_auc"]:
+                    state["best_auc"] = metrics["aucroc_macro"]
+                    save(best_path, step, metrics, thresholds, with_state=False)
+                    if master:
+                        save_predictions(os.path.join(cfg.out_dir, "val_predictions.npz"), ds, val_idx, probs,
+                                         thresholds, step)
+                last_thresholds = thresholds
+                save(last_path, step, metrics, thresholds, with_state=True)
+            if done:
+                break
+            if stop:
+                save(last_path, step, last_metrics or {}, last_thresholds, with_state=True)
+                signum = stop_signal[0] if stop_signal else signal.SIGINT  # ranks > 0 learn of it from rank 0
+                raise TrainingStopped(f"{signal.Signals(signum).name} at step {step}; last.pt written, "
+                                      f"continue with --resume", 128 + signum)
 
-        # --- one optimizer step
-        t0 = time.time()
-        torch.manual_seed(hash((cfg.seed, rank, step)) % 2**63)  # dropout: a function of the step, so resume is exact
-        loss, stepped, real, padded = train_step(model, raw_model, batches, optimizer, scaler, autocast, pos_weight,
-                                                 cfg.accum_steps, cfg.grad_clip, skip_nonfinite=precision != "fp16")
-        loss_sum += loss
-        tokens_real, tokens_padded = tokens_real + real, tokens_padded + padded
-        bad_steps = 0 if stepped else bad_steps + 1
-        if not stepped:
-            log(f"warning: step {step}: non-finite loss or gradient, step skipped ({bad_steps}/{cfg.max_bad_steps})")
-            if bad_steps >= cfg.max_bad_steps:
-                tracker.close()
-                raise TrainingStopped(f"step {step}: {bad_steps} consecutive non-finite steps; stopping. "
-                                      f"The last good checkpoints are kept in {cfg.out_dir}", 3)
-        step += 1
-        state["samples_seen"] += gmb * cfg.accum_steps
-        step_seconds += time.time() - t0
-        step_count += 1
-        stats["step_seconds"].append(time.time() - t0)
-        stats["step_real_tokens"].append(real)
-        stats["step_padded_tokens"].append(padded)
+            # --- one optimizer step
+            t0 = time.time()
+            # dropout: a function of the step, so resume is exact
+            torch.manual_seed(hash((cfg.seed, rank, step)) % 2**63)
+            loss, stepped, real, padded = train_step(model, raw_model, batches, optimizer, scaler, autocast, pos_weight,
+                                                     cfg.accum_steps, cfg.grad_clip, skip_nonfinite=precision != "fp16")
+            bad = not stepped  # fp32, bf16: from the all-reduced gradient norm, the same on every rank
+            if precision == "fp16":  # its GradScaler skips overflows itself (routine while the scale settles);
+                # a non-finite loss is no overflow a smaller scale can fix, so that counts as bad.
+                bad = any_rank(not torch.isfinite(loss).item(), world, device)
+            loss_sum += 0 if bad else loss
+            tokens_real, tokens_padded = tokens_real + real, tokens_padded + padded
+            bad_steps = bad_steps + 1 if bad else 0
+            if bad:
+                log(f"warning: step {step}: non-finite loss or gradient, step skipped "
+                    f"({bad_steps}/{cfg.max_bad_steps})")
+                if bad_steps >= cfg.max_bad_steps:
+                    raise TrainingStopped(f"step {step}: {bad_steps} consecutive non-finite steps; stopping. "
+                                          f"The last good checkpoints are kept in {cfg.out_dir}", 3)
+            step += 1
+            state["samples_seen"] += gmb * cfg.accum_steps
+            step_seconds += time.time() - t0
+            step_count += 1
+            stats["step_seconds"].append(time.time() - t0)
+            stats["step_real_tokens"].append(real)
+            stats["step_padded_tokens"].append(padded)
 
-        if step % cfg.log_every == 0 and master:
-            dt, n = time.time() - t_log, cfg.log_every
-            train_loss = loss_sum.item() / n
-            sps = n * gmb * cfg.accum_steps / dt
-            eta = (horizon - step) * dt / n
-            tracker.track("train_loss", train_loss, step, "train")
-            tracker.track("lr", lr_mult * cfg.lr, step, "train")
-            tracker.track("samples_per_s", sps, step, "train")
-            log(f"step {step}/{horizon} | loss {train_loss:.4f} | lr {lr_mult * cfg.lr:.2e} | {sps:.1f} samples/s"
-                f" | pad {1 - tokens_real / max(1, tokens_padded):.0%} | eta {eta / 60:.1f} min", flush=True)
-            loss_sum.zero_()
-            tokens_real, tokens_padded, t_log = 0, 0, time.time()
+            if step % cfg.log_every == 0 and master:
+                dt, n = time.time() - t_log, cfg.log_every
+                train_loss = loss_sum.item() / n
+                sps = n * gmb * cfg.accum_steps / dt
+                eta = (horizon - step) * dt / n
+                tracker.track("train_loss", train_loss, step, "train")
+                tracker.track("lr", lr_mult * cfg.lr, step, "train")
+                tracker.track("samples_per_s", sps, step, "train")
+                log(f"step {step}/{horizon} | loss {train_loss:.4f} | lr {lr_mult * cfg.lr:.2e} | {sps:.1f} samples/s"
+                    f" | pad {1 - tokens_real / max(1, tokens_padded):.0%} | eta {eta / 60:.1f} min", flush=True)
+                loss_sum.zero_()
+                tokens_real, tokens_padded, t_log = 0, 0, time.time()
 
-    tracker.close()
+    finally:  # every way out: the Aim run is closed and the caller's handlers are back
+        tracker.close()
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
     if world > 1:
         dist.destroy_process_group()
     best = load_checkpoint(best_path)["metrics"] if master and os.path.exists(best_path) else last_metrics
     log(f"done: {step} steps in {(time.time() - t_start) / 60:.1f} min; best {format_metrics(best)}")
     return {"best": best, "last": last_metrics, "steps": step, "samples_seen": state["samples_seen"],
-            "train_seconds": time.time() - t_start, "precision": precision, **stats}
-
-
-def save_predictions(path, ds, val_idx, probs, thresholds, step):
-    """Per-example validation probabilities, so any metric can be recomputed without the model."""
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, ids=np.array([ds.ids[i] for i in val_idx]), rows=val_idx, probs=probs,
-             labels=ds.labels[val_idx], thresholds=thresholds, step=step, label_names=np.array(LABELS))
-    os.replace(tmp, path)
+            "train_seconds": state["train_seconds"], "precision": precision, **stats}
 
 
 def main(argv=None):
+    # Until the loop installs its own handler, SIGTERM stops as Ctrl-C does: one line, no traceback.
+    old_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         cfg, resume = load_config(argv)
         train(cfg, resume)
@@ -384,6 +380,14 @@ def main(argv=None):
     except TrainingStopped as e:
         print(f"stopped: {e}", file=sys.stderr)
         sys.exit(e.code)
+    except OSError as e:  # disk full or permissions outside the checkpoints: the file named, no traceback
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        sys.exit(4)
+    except KeyboardInterrupt:  # a signal before the loop's handler is in place: no step was taken
+        print("stopped: interrupted while starting; nothing new to resume from", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, old_sigterm)
 
 
 if __name__ == "__main__":

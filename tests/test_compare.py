@@ -221,7 +221,7 @@ def test_cli_refuses_runs_on_different_rows(tmp_path):
     assert not (tmp_path / "out" / "results.md").exists()
 
 
-@pytest.mark.parametrize("breakage", ["labels", "no_npz", "twice", "same_seed", "resamples"])
+@pytest.mark.parametrize("breakage", ["labels", "no_npz", "truncated_npz", "twice", "same_seed", "resamples"])
 def test_bad_input_is_one_line_naming_it(tmp_path, capsys, breakage):
     a, b = synthetic_runs(tmp_path, n=80, seeds=(0,))
     args = [a, b, "--out", str(tmp_path / "out")]
@@ -231,6 +231,10 @@ def test_bad_input_is_one_line_naming_it(tmp_path, capsys, breakage):
             write_run(b, z["probs"], 1 - z["labels"], 0, "mean")
     elif breakage == "no_npz":
         os.remove(os.path.join(b, "val_predictions.npz"))
+    elif breakage == "truncated_npz":  # a copy cut short: never an unpickling or zip traceback
+        npz = open(os.path.join(b, "val_predictions.npz"), "rb").read()
+        open(os.path.join(b, "val_predictions.npz"), "wb").write(npz[: len(npz) // 2])
+        named = f"{b}/val_predictions.npz: cannot read"
     elif breakage == "twice":
         args = [a, a + "/", "--out", str(tmp_path / "out")]
         named = a

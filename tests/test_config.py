@@ -78,3 +78,17 @@ def test_shipped_configs_load():
         raw = json.load(open(f"configs/{name}.json"))
         assert raw["encoder"] == "google-bert/bert-base-uncased" and raw["pooling"] == pooling
         assert set(raw) <= set(Config.__dataclass_fields__)
+
+
+def test_bf16_without_hardware_support_falls_back_to_fp32_with_a_warning(monkeypatch, capsys):
+    """A choice: configs stay portable (bf16 where the hardware has it), and the fallback is said,
+    not silent. This CPU (AVX2 only) has no bf16; the check is forced off so any CPU runs the test."""
+    import torch
+
+    from train import resolve_precision
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert resolve_precision("bf16", torch.device("cpu")) == "fp32"
+    assert capsys.readouterr().out == "warning: bf16 is not supported on this cpu; training in fp32 instead\n"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16" and capsys.readouterr().out == ""
+    assert resolve_precision("fp16", torch.device("cpu")) == "fp16"

@@ -33,6 +33,7 @@ def test_quotes_commas_newlines_bom_crlf(tmp_path):
     ("a1,hi,0,0,0,,0,0", "column threat: label must be 0 or 1, got ''"),
     ("a1,,0,0,0,0,0,0", "row 2 (line 2), column comment_text: empty comment"),
     ("a1,   ,0,0,0,0,0,0", "column comment_text: empty comment"),
+    ("a1,hi,0,0,0,0,0,0\n ,there,0,0,0,0,0,0", "row 3 (line 3), column id: empty id"),
     ("a1,hi,0,0,0", "row 2 (line 2): expected 8 fields, got 5"),
     ("a1,hi,0,0,0,0,0,0\na1,again,0,0,0,0,0,0", "row 3 (line 3), column id: duplicate id 'a1' (first at row 2 (line 2))"),
     ('a0,"multi\nline",0,0,0,0,0,0\na1,hi,0,0,0,0,0,7', "row 3 (line 4), column identity_hate"),
@@ -104,6 +105,26 @@ def test_split_refuses_a_label_without_enough_positives():
     y[5, 3] = 1
     with pytest.raises(DataError, match="label threat has 1 positive"):
         split_indices(y, 0.1, 0)
+
+
+def test_split_refusal_through_the_cli(tmp_path):
+    """train.py: one line naming the file and the label, exit 2, before any model is built."""
+    import csv
+
+    from conftest import SAMPLE, run_train
+    rows = list(csv.reader(open(SAMPLE, newline="", encoding="utf-8")))
+    col = rows[0].index("threat")
+    positives = [r for r in rows[1:] if r[col] == "1"]
+    for r in positives[1:]:  # one threat left: it cannot be on both sides of the split
+        r[col] = "0"
+    path = tmp_path / "one_threat.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    r = run_train(["--data_path", str(path), "--aim", "false", "--out_dir", str(tmp_path / "run")])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr == (f"error: {path}: label threat has 1 positive(s): too few to have positives in both the "
+                        f"training and the validation split\n")
+    assert not (tmp_path / "run").exists()
 
 
 def test_epoch_order_groups_lengths_and_keeps_steps_whole():

@@ -1,0 +1,300 @@
+"""Shared pieces of the benchmarks: the machine, its matmul peak, MFU, peak RSS, tables and results.
+
+    from common import ROOT, measure_peak, mfu, markdown_table, write_results
+Not a script. Every benchmark prints a Markdown table and writes bench/results/<name>.json and .md
+(<name>.quick.* under --quick, so a smoke run never overwrites real figures).
+"""
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the project's flat modules (train, model, data, predict, export)
+SHARED_TRAIN = os.path.join(ROOT, "..", "shared", "data", "jigsaw", "train.csv")
+SAMPLE = os.path.join(ROOT, "data", "sample", "train.csv")
+RESULTS = os.path.join(ROOT, "bench", "results")
+SHARED_NOTE = ("../shared/data/jigsaw/train.csv is toxic-enriched (about 26% toxic against 9.58% in Kaggle's "
+               "full set): its AUCs are not comparable with full-set or leaderboard figures")
+
+
+class BenchError(RuntimeError):
+    """A missing checkpoint, data file or device: main prints one line and exits 2."""
+
+
+# ----------------------------------------------------------------------------
+# the machine
+
+
+def physical_cores():
+    from predict import physical_cores as cores  # the rule predict.py serves with
+    return cores()
+
+
+def cpu_flags():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def machine(device="cpu"):
+    """What the figures were measured on. loadavg is there because a busy machine halves them."""
+    import torch
+    name = platform.processor() or platform.machine()
+    try:
+        name = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    flags = cpu_flags()
+    out = {"cpu": name, "physical_cores": physical_cores(), "torch_threads": torch.get_num_threads(),
+           "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"}),
+           "torch_bf16_cpu": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+           "loadavg_1min_at_start": round(os.getloadavg()[0], 2), "python": platform.python_version(),
+           "torch": torch.__version__}
+    if str(device).startswith("cuda"):
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
+def describe(m):
+    s = f"{m['cpu']}, {m['physical_cores']} physical cores ({m['torch_threads']} torch threads), " \
+        f"flags {' '.join(m['cpu_flags']) or 'none of avx2/avx512'}"
+    s += f", GPU {m['gpu']}" if "gpu" in m else ""
+    return s + f", torch {m['torch']}, load average {m['loadavg_1min_at_start']} at start"
+
+
+# ----------------------------------------------------------------------------
+# peak: square matmuls, median of several
+
+
+def matmul_gflops(dtype, device="cpu", n=2048, repeats=5, budget_s=None):
+    """-> (GFLOP/s median over repeats, the size used). With budget_s, a slow dtype (bf16 emulated on
+    AVX2 CPUs runs at ~1 GFLOP/s: a 2048 product would take tens of seconds) is measured on the
+    largest square that fits budget_s instead, and still reported as measured."""
+    import torch
+
+    def sync():
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize(device)
+
+    def timed(k, inner=1):
+        a, b = torch.randn(k, k, device=device).to(dtype), torch.randn(k, k, device=device).to(dtype)
+        torch.mm(a, b)  # first call: allocation, kernel selection
+        times = []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                torch.mm(a, b)
+            sync()
+            times.append((time.perf_counter() - t0) / inner)
+        return 2 * k ** 3 / statistics.median(times) / 1e9
+
+    probe_n = min(n, 256)
+    rate = timed(probe_n) if budget_s and n > probe_n else None
+    if rate is not None and 2 * n ** 3 / (rate * 1e9) * (repeats + 1) > budget_s:
+        n = max(probe_n, int((budget_s / (repeats + 1) * rate * 1e9 / 2) ** (1 / 3)) // 64 * 64)
+    # on a GPU one product takes microseconds: average a few per timing so launches do not count
+    inner = 20 if str(device).startswith("cuda") else 1
+    return timed(n, inner), n
+
+
+def measure_peak(device="cpu", n=2048, repeats=5, budget_s=10.0):
+    """fp32 and bf16 matmul GFLOP/s, always at n; bf16 where it is emulated on the largest square that
+    fits budget_s. On CUDA fp32 means IEEE fp32 (TF32 off while measuring)."""
+    import torch
+    native = torch.cuda.is_bf16_supported() if str(device).startswith("cuda") else \
+        bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        fp32, n32 = matmul_gflops(torch.float32, device, n, repeats)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    bf16, n16 = matmul_gflops(torch.bfloat16, device, n, repeats, None if native else budget_s)
+    peak = {"fp32_gflops": fp32, "fp32_n": n32, "bf16_gflops": bf16, "bf16_n": n16, "bf16_native": native,
+            "repeats": repeats}
+    print(f"peak: fp32 {fp32:,.1f} GFLOP/s ({n32}x{n32}), bf16 {bf16:,.1f} GFLOP/s ({n16}x{n16}"
+          f"{'' if native else ', emulated'}), median of {repeats}", file=sys.stderr)
+    return peak
+
+
+def peak_lines(peak):
+    return [f"fp32 matmul peak: {peak['fp32_gflops']:,.1f} GFLOP/s ({peak['fp32_n']}x{peak['fp32_n']}, "
+            f"median of {peak['repeats']})",
+            f"bf16 matmul peak: {peak['bf16_gflops']:,.1f} GFLOP/s ({peak['bf16_n']}x{peak['bf16_n']}"
+            f"{'' if peak['bf16_native'] else '; emulated, no native bf16 here'})"]
+
+
+# ----------------------------------------------------------------------------
+# FLOPs, MFU, memory
+
+
+def non_embedding_params(model):
+    """Parameters outside the embedding tables: a lookup is not a matmul, so it costs no FLOPs."""
+    import torch
+    emb = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in emb)
+
+
+def count_params(encoder):
+    """Non-embedding parameters of ToxicClassifier on this encoder, built on the meta device (no memory,
+    no weights read), with BERT's unused pooler dropped as build_model drops it."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from model import ToxicClassifier, _drop_pooler, resolve_encoder
+    with torch.device("meta"):
+        enc = AutoModel.from_config(AutoConfig.from_pretrained(resolve_encoder(encoder)))
+        return non_embedding_params(ToxicClassifier(_drop_pooler(enc)))
+
+
+def mfu(params, tokens, seconds, peak_gflops, training):
+    """Model FLOPs utilisation: 6 (training) or 2 (inference) x non-embedding params x real tokens.
+    Attention's own T^2 FLOPs and padding are not counted: this is useful work only."""
+    if not seconds or not peak_gflops:
+        return None
+    return (6 if training else 2) * params * tokens / seconds / (peak_gflops * 1e9)
+
+
+def peak_rss_mb():
+    """This process's peak RSS in MB (10^6 bytes). VmHWM first: getrusage's ru_maxrss also counts the
+    parent's peak at the moment it spawned us (Linux keeps the old address space's high-water mark
+    across exec), so a child of a process holding torch would inherit the parent's figure."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux
+
+
+def run_isolated(fn, *args):
+    """fn(*args) in a fresh interpreter (spawn): its own peak RSS, nothing cached by an earlier variant."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+        return ex.submit(fn, *args).result()
+
+
+def tiny_encoder(path):
+    """The tests' tiny random BERT (2 layers, hidden 32) with the packaged MiniLM tokenizer."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from conftest import make_tiny_encoder
+    return make_tiny_encoder(path)
+
+
+def train_tiny(tmp):
+    """--quick without --checkpoint: 4 steps of the tiny random BERT on the sample data -> best.pt path."""
+    import contextlib
+
+    import train
+    from config import load_config
+    enc = tiny_encoder(os.path.join(tmp, "tiny"))
+    cfg, _ = load_config(["--encoder", enc, "--data_path", SAMPLE, "--out_dir", os.path.join(tmp, "run"),
+                          "--cache_dir", os.path.join(tmp, "cache"), "--aim", "false", "--batch_size", "16",
+                          "--max_steps", "4", "--eval_every", "4", "--warmup_steps", "1", "--max_length", "64"])
+    with contextlib.redirect_stdout(sys.stderr):  # the loop's log lines; stdout is the table
+        train.train(cfg)
+    return os.path.join(tmp, "run", "best.pt")
+
+
+def require_checkpoint(path):
+    if not os.path.isfile(path):
+        raise BenchError(f"{path}: no such checkpoint; train one with `python train.py configs/mini.json` "
+                         f"(or pass --checkpoint PATH, or --quick for a tiny model)")
+    return path
+
+
+# ----------------------------------------------------------------------------
+# output
+
+
+def fmt(x, spec=",.1f", suffix=""):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:{spec}}{suffix}"
+
+
+def ratio(x, base):
+    return x / base if x is not None and base else None
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def target(name, measured, goal, shown=None, at_most=False):
+    """One row of the targets table: met / missed, n/a when the figure could not be measured, and
+    "reported" for a figure with no goal (goal None)."""
+    verdict = "n/a" if measured is None else "reported" if goal is None else \
+        ("met" if (measured <= goal if at_most else measured >= goal) else "missed")
+    return {"target": name, "goal": goal, "measured": measured, "verdict": verdict, "shown": shown}
+
+
+def targets_table(targets):
+    return markdown_table(["target", "measured", "verdict"],
+                          [[t["target"], t["shown"] or fmt(t["measured"], ".2f"), t["verdict"]] for t in targets])
+
+
+def _clean(x):
+    """Strict JSON: nan and inf become null; numpy scalars plain numbers."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_results(name, markdown, data, out_dir=None, quick=False):
+    """Print the Markdown, write <name>.md and <name>.json (atomically) -> the JSON path."""
+    out_dir = out_dir or RESULTS
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, name + (".quick" if quick else ""))
+    data = {"name": name, "mode": "quick" if quick else "full", "command": " ".join(sys.argv), **data}
+    for ext, text in ((".md", markdown + "\n"), (".json", json.dumps(_clean(data), indent=1, allow_nan=False))):
+        with open(stem + ext + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(stem + ext + ".tmp", stem + ext)
+    print(markdown)
+    print(f"\nwrote {stem}.json and {stem}.md", file=sys.stderr)
+    return stem + ".json"
+
+
+def add_common_args(p):
+    p.add_argument("--quick", action="store_true", help="tiny model, sample data, a handful of steps (CI)")
+    p.add_argument("--out", help=f"results folder (default {os.path.relpath(RESULTS, ROOT)})")
+
+
+def main_guard(run, argv=None):
+    """run(argv); BenchError and the project's own one-line errors (a bad checkpoint, data file or
+    config) print one line and exit 2, as train.py and export.py do."""
+    from config import ConfigError
+    from data import DataError
+    from export import ExportError
+    try:
+        run(argv)
+    except (BenchError, ConfigError, DataError, ExportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as e:
+        from model import CheckpointError  # imports torch: only once something went wrong
+        if not isinstance(e, CheckpointError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,201 @@
+"""Training speed on CPU: the naive loop against dynamic padding with length grouping, and bf16.
+
+    python bench/train_speed.py                  # MiniLM-L6, 2,000 real rows, max_length 256 (< 10 min, 2 cores)
+    python bench/train_speed.py --steps 30       # more measured steps: less sampling noise, longer
+    python bench/train_speed.py --quick          # tiny random BERT on data/sample (CI, seconds)
+
+Each variant runs train.train (the project's own loop, configs/mini.json's hyper-parameters) in a
+fresh process, so peak RSS is its own, for warm-up + measured optimizer steps; the warm-up steps and
+every evaluation are left out of the figures. Variants:
+  (a) pad every batch to max_length, random batches (pad_to_max_length true, group_by_length false)
+  (b) dynamic padding + length grouping, fp32
+  (c) as (b) with bf16 autocast: "n/a" on CPUs without native bf16 (AVX2 emulates it ~400x slower)
+The validation AUC is each run's final eval, so a faster variant cannot hide a worse model.
+Writes bench/results/train_speed.json and .md.
+"""
+import argparse
+import csv
+import os
+import sys
+import tempfile
+from contextlib import redirect_stderr, redirect_stdout
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (ROOT, SAMPLE, SHARED_NOTE, SHARED_TRAIN, BenchError, add_common_args, count_params,  # noqa: E402
+                    describe, fmt, machine, main_guard, markdown_table, measure_peak, mfu, peak_lines,
+                    peak_rss_mb, physical_cores, ratio, run_isolated, target, targets_table, tiny_encoder,
+                    write_results)
+
+VARIANTS = [  # name, config overrides
+    ("(a) pad to max_length, random batches", {"pad_to_max_length": "true", "group_by_length": "false",
+                                               "precision": "fp32"}),
+    ("(b) dynamic padding + length grouping, fp32", {"pad_to_max_length": "false", "group_by_length": "true",
+                                                     "precision": "fp32"}),
+    ("(c) as (b), bf16 autocast", {"pad_to_max_length": "false", "group_by_length": "true", "precision": "bf16"}),
+]
+
+
+# ----------------------------------------------------------------------------
+# data and one variant
+
+
+def write_subset(src, n, path, seed=0):
+    """n rows of src, drawn at random with a fixed seed (the file's order is not the data's), as a
+    Kaggle CSV outside the repository. n=None keeps every row. -> rows written."""
+    import numpy as np
+
+    from data import LABELS, read_csv
+    ds = read_csv(src)
+    rows = np.arange(len(ds.ids)) if not n or n >= len(ds.ids) else \
+        np.sort(np.random.default_rng(seed).choice(len(ds.ids), n, replace=False))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "comment_text", *LABELS])
+        w.writerows([ds.ids[i], ds.texts[i], *ds.labels[i].tolist()] for i in rows)
+    return len(rows)
+
+
+def mean_train_tokens(csv_path, encoder, max_length):
+    """Real tokens per sample over the training split: what length-grouped steps average over an epoch."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from data import read_csv, split_indices, tokenize
+    from model import resolve_encoder
+    ds = read_csv(csv_path)
+    train_idx, _ = split_indices(ds.labels, 0.1, 1234)  # configs/mini.json keeps the default split
+    tok = AutoTokenizer.from_pretrained(resolve_encoder(encoder)).backend_tokenizer
+    return float(np.mean([len(s) for s in tokenize(tok, [ds.texts[i] for i in train_idx], max_length)]))
+
+
+def run_variant(argv, log_path, threads):
+    """In a fresh process: train.train on load_config(argv) -> its per-step stats, final AUC, peak RSS."""
+    import torch
+    torch.set_num_threads(threads)
+    import train
+    from config import load_config
+    cfg, _ = load_config(argv)
+    with open(log_path, "w") as log, redirect_stdout(log), redirect_stderr(log):
+        r = train.train(cfg)
+    return {"precision": r["precision"], "step_seconds": r["step_seconds"], "step_real_tokens": r["step_real_tokens"],
+            "step_padded_tokens": r["step_padded_tokens"], "val_auc": (r["last"] or {}).get("aucroc_macro"),
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def figures(r, warmup, batch, params, peak_gflops):
+    """Throughput over the measured steps (warm-up steps dropped)."""
+    secs = sum(r["step_seconds"][warmup:])
+    steps = len(r["step_seconds"]) - warmup
+    real, padded = sum(r["step_real_tokens"][warmup:]), sum(r["step_padded_tokens"][warmup:])
+    return {"steps": steps, "seconds": secs, "samples_per_s": steps * batch / secs, "real_tokens_per_s": real / secs,
+            "real_tokens_per_sample": real / (steps * batch), "padding_fraction": 1 - real / padded,
+            "mfu_fp32_peak": mfu(params, real, secs, peak_gflops, training=True)}
+
+
+# ----------------------------------------------------------------------------
+
+
+def run(argv=None):
+    p = argparse.ArgumentParser(description="Training speed: naive padding vs length grouping vs bf16.")
+    add_common_args(p)
+    p.add_argument("--rows", type=int, default=2000, help="rows drawn from the real data (default 2000)")
+    p.add_argument("--steps", type=int, default=16, help="measured optimizer steps per variant (default 16)")
+    p.add_argument("--warmup", type=int, default=2, help="optimizer steps run first and left out (default 2)")
+    p.add_argument("--max_length", type=int, default=256)
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.rows < 100:
+        raise BenchError("--steps must be >= 1, --warmup >= 0 and --rows >= 100")
+    import torch
+    threads = physical_cores()
+    torch.set_num_threads(threads)
+    data, batch = SHARED_TRAIN, 32
+    if args.quick:
+        data, args.rows, args.steps, args.warmup, args.max_length, batch = SAMPLE, None, 2, 1, 64, 8
+    elif not os.path.isfile(data):
+        raise BenchError(f"{data}: not found; the real rows live in ../shared (see its README), or use --quick")
+
+    dev = machine()
+    peak = measure_peak(n=256 if args.quick else 2048, repeats=3 if args.quick else 5,
+                        budget_s=2 if args.quick else 10)
+    bf16_ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    with tempfile.TemporaryDirectory(prefix="train_speed-") as tmp:
+        encoder = tiny_encoder(os.path.join(tmp, "tiny")) if args.quick else "sentence-transformers/all-MiniLM-L6-v2"
+        csv_path = os.path.join(tmp, "train.csv")
+        n_rows = write_subset(data, args.rows, csv_path)
+        params = count_params(encoder)
+        data_tokens = mean_train_tokens(csv_path, encoder, args.max_length)
+        total = args.warmup + args.steps
+        base = [os.path.join(ROOT, "configs", "mini.json"), "--encoder", encoder, "--data_path", csv_path,
+                "--max_length", str(args.max_length), "--batch_size", str(batch), "--max_steps", str(total),
+                "--eval_every", str(total), "--log_every", str(total), "--aim", "false",
+                "--cache_dir", os.path.join(tmp, "cache")]
+        results = []
+        for i, (name, over) in enumerate(VARIANTS):
+            if over["precision"] == "bf16" and not bf16_ok:
+                print(f"{name}: n/a (no bf16 on this CPU)", file=sys.stderr)
+                results.append({"variant": name, "skipped": "n/a (no bf16 on this CPU)"})
+                continue
+            print(f"{name}: {total} steps ...", file=sys.stderr, flush=True)
+            argv_v = base + ["--out_dir", os.path.join(tmp, f"run{i}")] + [x for k, v in over.items()
+                                                                          for x in (f"--{k}", v)]
+            log = os.path.join(tmp, f"run{i}.log")
+            try:
+                r = run_isolated(run_variant, argv_v, log, threads)
+            except Exception as e:
+                tail = open(log).read()[-3000:] if os.path.exists(log) else ""
+                raise BenchError(f"{name} failed ({type(e).__name__}: {e}); its log ends:\n{tail}") from None
+            if r["precision"] != over["precision"]:  # train.py fell back: these would be fp32 figures
+                results.append({"variant": name, "skipped": f"n/a (ran as {r['precision']})"})
+                continue
+            results.append({"variant": name, "precision": r["precision"], "val_auc": r["val_auc"],
+                            "peak_rss_mb": r["peak_rss_mb"], **figures(r, args.warmup, batch, params,
+                                                                       peak["fp32_gflops"]),
+                            "step_seconds": r["step_seconds"]})
+    report(args, dev, peak, results, n_rows, batch, params, data_tokens)
+
+
+def report(args, dev, peak, results, n_rows, batch, params, data_tokens):
+    a, b, c = results
+    base = a.get("samples_per_s")
+    rows = [[r["variant"], r.get("precision", "-"), fmt(r.get("samples_per_s"), ".2f"),
+             fmt(r.get("real_tokens_per_s"), ",.0f"), fmt(r.get("real_tokens_per_sample"), ".1f"),
+             fmt(r.get("padding_fraction"), ".0%"), fmt(r.get("mfu_fp32_peak"), ".1%"),
+             fmt(r.get("peak_rss_mb"), ",.0f"), fmt(r.get("val_auc"), ".4f"),
+             fmt(ratio(r.get("samples_per_s"), base), ".2f", "x") if "skipped" not in r else r["skipped"]]
+            for r in results]
+    table = markdown_table(["variant", "precision", "samples/s", "real tokens/s", "real tokens/sample", "padding",
+                            "MFU (fp32 peak)", "peak RSS MB", "val AUC", "vs (a)"], rows)
+    auc_gap = (c["val_auc"] - b["val_auc"]) if c.get("val_auc") is not None and b.get("val_auc") is not None else None
+    targets = [target("(b) samples/s >= 3.5x (a)", ratio(b.get("samples_per_s"), base), 3.5,
+                      fmt(ratio(b.get("samples_per_s"), base), ".2f", "x")),
+               target("(c) samples/s >= 5x (a)", ratio(c.get("samples_per_s"), base), 5.0,
+                      fmt(ratio(c.get("samples_per_s"), base), ".2f", "x") if "skipped" not in c else c["skipped"]),
+               target("(c) MFU >= 60% of the fp32 matmul peak", c.get("mfu_fp32_peak"), 0.60,
+                      fmt(c.get("mfu_fp32_peak"), ".1%") if "skipped" not in c else c["skipped"]),
+               target("(c) val AUC - (b) val AUC (no goal: a few hundred rows, a few steps)", auc_gap, None,
+                      fmt(auc_gap, "+.4f") if auc_gap is not None else "n/a")]
+    what = "data/sample/train.csv (tiny random model)" if args.quick else \
+        f"{n_rows:,} random rows (seed 0) of ../shared/data/jigsaw/train.csv"
+    notes = [f"Machine: {describe(dev)}.", *peak_lines(peak),
+             f"Model: {'tiny random BERT' if args.quick else 'all-MiniLM-L6-v2'}, {params:,} non-embedding "
+             f"parameters; MFU = 6 x params x real tokens / time / fp32 peak.",
+             f"Data: {what}; 90% train / 10% validation (split_seed 1234); max_length {args.max_length}, batch "
+             f"{batch}, configs/mini.json hyper-parameters; {args.warmup} warm-up + {args.steps} measured optimizer "
+             f"steps per variant (evaluation excluded); val AUC = each run's final eval (mean over 6 labels).",
+             f"Length-grouped steps are a random draw of length-sorted ones: the measured steps average the "
+             f"'real tokens/sample' above, the training split {data_tokens:.1f}; the further apart, the less a "
+             f"ratio means (more --steps narrow it)."]
+    if not args.quick:
+        notes.append(SHARED_NOTE + ".")
+    md = "\n".join([f"## Training speed ({'quick' if args.quick else 'full'})", "", table, "", targets_table(targets),
+                    "", *[f"- {n}" for n in notes]])
+    write_results("train_speed", md, {"machine": dev, "peak": peak, "params_non_embedding": params,
+                                      "rows": n_rows, "data_real_tokens_per_sample": data_tokens, "batch_size": batch,
+                                      "max_length": args.max_length,
+                                      "warmup_steps": args.warmup, "measured_steps": args.steps,
+                                      "variants": results, "targets": targets, "notes": notes},
+                  args.out, args.quick)
+
+
+if __name__ == "__main__":
+    main_guard(run)

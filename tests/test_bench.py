@@ -1,0 +1,100 @@
+"""bench/: each benchmark's --quick mode (tiny random model, sample data, a handful of steps) runs as a
+subprocess and writes a well-formed Markdown table and JSON. Structure only: timings are never asserted
+(DEVELOPERS.md), only what holds on any machine (padding, parity, one-line errors)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+VERDICTS = {"met", "missed", "n/a", "reported"}
+
+
+def run_bench(name, out, *extra):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", f"{name}.py"), "--quick", "--out", str(out),
+                        *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    with open(os.path.join(out, f"{name}.quick.json")) as f:
+        data = json.load(f)
+    assert os.path.isfile(os.path.join(out, f"{name}.quick.md"))
+    return r.stdout, data
+
+
+def tables(markdown):
+    """Every Markdown table in the text -> list of (header, rows), each checked for shape."""
+    found, block = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif block:
+            header, sep, *rows = block
+            assert all(set(c) <= {"-", ":"} and c for c in sep), block
+            assert rows and all(len(r) == len(header) == len(sep) for r in rows), block
+            found.append((header, rows))
+            block = []
+    return found
+
+
+def check_common(stdout, data, name, n_variants):
+    results, targets = tables(stdout)[:2]
+    assert len(results[1]) == n_variants and targets[0] == ["target", "measured", "verdict"]
+    assert data["name"] == name and data["mode"] == "quick"
+    assert data["machine"]["physical_cores"] >= 1 and data["machine"]["cpu"]
+    assert data["peak"]["fp32_gflops"] > 0 and data["peak"]["bf16_gflops"] > 0
+    assert len(data["variants"]) == n_variants and all(v["variant"] for v in data["variants"])
+    assert data["targets"] and all(t["verdict"] in VERDICTS for t in data["targets"])
+    assert [t[2] for t in targets[1]] == [t["verdict"] for t in data["targets"]]
+
+
+# ----------------------------------------------------------------------------
+
+def test_train_speed_quick(tmp_path):
+    stdout, data = run_bench("train_speed", tmp_path)
+    check_common(stdout, data, "train_speed", 3)
+    a, b, c = data["variants"]
+    for v in (a, b):
+        assert v["samples_per_s"] > 0 and v["peak_rss_mb"] > 0 and v["steps"] == data["measured_steps"]
+        assert 0 <= v["mfu_fp32_peak"] and 0 < v["val_auc"] <= 1
+    assert a["padding_fraction"] > b["padding_fraction"]  # padded to max_length against grouped
+    assert ("skipped" in c) == (not data["machine"]["torch_bf16_cpu"])
+
+
+def test_predict_speed_quick(tmp_path, tiny_run):
+    stdout, data = run_bench("predict_speed", tmp_path, "--checkpoint", str(tiny_run / "best.pt"))
+    check_common(stdout, data, "predict_speed", 8)
+    assert sorted({v["batch"] for v in data["variants"]}) == [1, 32]
+    b32 = {v["variant"]: v for v in data["variants"] if v["batch"] == 32}
+    assert b32["PyTorch eager fp32"]["max_abs_diff_vs_eager"] == 0
+    for name in ("onnxruntime fp32", "onnxruntime fp32 + transformer fusions"):  # the same model, exported
+        assert b32[name]["max_abs_diff_vs_eager"] < 1e-4
+        assert b32[name]["mean_auc"] == pytest.approx(b32["PyTorch eager fp32"]["mean_auc"], abs=1e-4)
+    assert data["fused_ops"].get("Attention")  # the eager-attention export is what lets attention fuse
+
+
+def test_cold_start_quick(tmp_path, tiny_run):
+    stdout, data = run_bench("cold_start", tmp_path, "--checkpoint", str(tiny_run / "best.pt"))
+    check_common(stdout, data, "cold_start", 3)
+    int8, fp32, torch_ = data["variants"]
+    assert fp32["max_abs_diff_vs_torch"] < 1e-4  # the same prediction, three ways
+    assert int8["max_abs_diff_vs_torch"] < 0.05
+    assert all(v["wall_s"] > 0 and v["peak_rss_mb"] > 0 for v in data["variants"])
+
+
+def test_gpu_step_quick(tmp_path):
+    stdout, data = run_bench("gpu_step", tmp_path)
+    check_common(stdout, data, "gpu_step", 4)
+    v = data["variants"]
+    assert v[0]["padding_fraction"] > v[1]["padding_fraction"] and v[3]["compile"] and v[2]["fused_adamw"]
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    for name in ("predict_speed", "cold_start"):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", f"{name}.py"), "--checkpoint",
+                            str(tmp_path / "none.pt"), "--out", str(tmp_path)],
+                           cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert "no such checkpoint" in r.stderr and "python train.py configs/mini.json" in r.stderr
