@@ -19,6 +19,7 @@ Aim failing mid-run only warns. A run a killed process left open is closed by th
 import json
 import math
 import os
+import resource
 import signal
 import sys
 import time
@@ -30,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from distributed import any_rank, from_rank0, init_distributed
 from data import LABELS, DataError, epoch_order, pad_batch, read_csv, split_indices, tokenize
 from metrics import format_metrics
 from config import ConfigError, load_config
@@ -80,40 +82,15 @@ def pos_weights(labels, mode, cap):
     return torch.tensor(np.minimum(np.sqrt((len(labels) - pos) / pos), cap), dtype=torch.float32)
 
 
-# ----------------------------------------------------------------------------
-# distributed: one process per device under torchrun, plain single process otherwise
-
-
-def init_distributed(cfg):
-    """-> (rank, world_size, device). NCCL on CUDA, gloo on CPU, chosen automatically."""
-    want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device(cfg.device if cfg.device != "auto" else ("cuda" if want_cuda else "cpu"))
-    from datetime import timedelta
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if want_cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if want_cuda else "gloo", timeout=timedelta(seconds=cfg.dist_timeout_s))
-    device = torch.device("cuda", local_rank) if want_cuda else torch.device("cpu")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def from_rank0(values, world, device):
-    """Every rank takes rank 0's floats (stop flag, lr horizon), so replicas never diverge."""
-    if world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.broadcast(t, 0)
-    return t.tolist()
-
-
-def any_rank(flag, world, device):
-    """True on every rank when it is true on any (a decision to stop must be the same everywhere)."""
-    if world == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+def limit_heap_growth():
+    """Length-grouped batches allocate activations of ever-changing sizes; glibc's adaptive mmap
+    threshold then keeps the freed ones in its heap and RSS creeps to GBs. A fixed threshold hands
+    large buffers back to the OS (measured: MiniLM peak RSS 1.6 -> 1.25 GB in 25 steps, same speed)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 17)  # M_MMAP_THRESHOLD = 128 KiB
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
 
 
 # ----------------------------------------------------------------------------
@@ -160,6 +137,7 @@ def train(cfg, resume=False):
     from torch.nn.parallel import DistributedDataParallel as DDP
     from transformers import AutoTokenizer
 
+    limit_heap_growth()
     rank, world, device = init_distributed(cfg)
     master = rank == 0
     log = print if master else (lambda *a, **k: None)
@@ -363,9 +341,11 @@ def train(cfg, resume=False):
     if world > 1:
         dist.destroy_process_group()
     best = load_checkpoint(best_path)["metrics"] if master and os.path.exists(best_path) else last_metrics
-    log(f"done: {step} steps in {(time.time() - t_start) / 60:.1f} min; best {format_metrics(best)}")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    log(f"done: {step} steps, {state['samples_seen']} samples in {(time.time() - t_start) / 60:.1f} min, "
+        f"peak RSS {peak_mb:.0f} MB; best {format_metrics(best)}")
     return {"best": best, "last": last_metrics, "steps": step, "samples_seen": state["samples_seen"],
-            "train_seconds": state["train_seconds"], "precision": precision, **stats}
+            "train_seconds": state["train_seconds"], "precision": precision, "peak_rss_mb": peak_mb, **stats}
 
 
 def main(argv=None):
