@@ -313,7 +313,12 @@ def compare(paths, out_dir, resamples, seed):
                   resamples, seed, skipped)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(text)
-    best = sorted(runs, key=lambda r: -np.nan_to_num(r["metrics"]["aucroc_macro"], nan=-1))[:2]
+    # The two best runs; with several groups, the best of each of the two best groups, so the ROC
+    # panels set one pooling against the other rather than two seeds of the same one.
+    ranked = sorted(runs, key=lambda r: -np.nan_to_num(r["metrics"]["aucroc_macro"], nan=-1))
+    tops = [next(r for r in ranked if any(r is x for x in g["runs"])) for g in groups]
+    best = sorted(tops, key=lambda r: next(i for i, x in enumerate(ranked) if x is r))[:2] if len(groups) > 1 \
+        else ranked[:2]
     png_path = os.path.join(out_dir, "pooling.png")
     make_figure(groups, draws, best, labels).savefig(png_path, dpi=100)
     attach_to_aim(runs, png_path, out_dir)
