@@ -250,13 +250,14 @@ def make_figure(groups, draws, best, labels):
     ax.set_ylabel("validation ROC AUC")
     ax.set_title("Per-label AUC: mean over seeds, 95% paired-bootstrap interval over examples; small dots: seeds")
     ax.legend(fontsize=8)
+    color = {g["letter"]: f"C{i}" for i, g in enumerate(groups)}  # a group keeps its colour in every panel
     for j, name in enumerate(LABELS):
         ax = fig.add_subplot(grid[1 + j // 3, j % 3])
         ax.plot([0, 1], [0, 1], ":", color="grey")
         two_classes = 0 < labels[:, j].sum() < len(labels)
         for r in best if two_classes else []:
             fpr, tpr, _ = roc_curve(labels[:, j], r["probs"][:, j])
-            ax.plot(fpr, tpr, label=f"{r['label']} (AUC {r['metrics'][f'auc_{name}']:.3f})")
+            ax.plot(fpr, tpr, color=color[r["label"].split()[0]], label=f"{r['label']} (AUC {r['metrics'][f'auc_{name}']:.3f})")
             ax.legend(fontsize=7, loc="lower right")
         ax.set_title(f"ROC {name}" + ("" if two_classes else ": one class only, no curve"))
         ax.set(xlabel="false positive rate", ylabel="true positive rate")

@@ -65,12 +65,12 @@ def train_for(config, minutes, data, out_root, extra):
     result = train(cfg)
     return {"name": name, "minutes": minutes, "train_seconds": result["train_seconds"],
             "samples_seen": result["samples_seen"], "steps": result["steps"], "out_dir": out_dir,
-            "precision": result["precision"], "metrics": result["best"]}
+            "precision": result["precision"], "peak_rss_mb": result["peak_rss_mb"], "metrics": result["best"]}
 
 
 def table(rows):
     head = ["setup", "budget", "mean AUC"] + list(LABELS) + ["macro F1 @0.5", "macro F1 tuned", "micro F1 @0.5",
-                                                      "micro F1 tuned", "train time", "samples seen"]
+                                                      "micro F1 tuned", "train time", "samples seen", "samples/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = rows[0]["metrics"]
     for r in rows:
@@ -79,7 +79,8 @@ def table(rows):
         cells = [r["name"], f"{r['minutes']:g} min" if r["minutes"] else "-", f"{m['aucroc_macro']:.4f}{delta}"]
         cells += [f"{m[f'auc_{n}']:.4f}" for n in LABELS]
         cells += [f"{m[k]:.4f}" for k in ("macro_f1", "macro_f1_tuned", "micro_f1", "micro_f1_tuned")]
-        cells += [f"{r['train_seconds'] / 60:.1f} min", f"{r['samples_seen']:,}"]
+        cells += [f"{r['train_seconds'] / 60:.1f} min", f"{r['samples_seen']:,}",
+                  "-" if r["minutes"] is None else f"{r['samples_seen'] / r['train_seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -98,3 +98,19 @@ def test_missing_checkpoint_is_one_line(tmp_path):
                            cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert "no such checkpoint" in r.stderr and "python train.py configs/mini.json" in r.stderr
+
+
+def test_quality_quick(tmp_path):
+    """TF-IDF+LR and one budgeted training run on the sample data: one table, one JSON row each."""
+    out = tmp_path / "quality.json"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality.py"), "--quick", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    (header, rows), = tables(r.stdout)
+    assert [row[0] for row in rows] == ["TF-IDF+LR", "mini"] and header[2] == "mean AUC"
+    data = json.load(open(out))
+    assert [row["name"] for row in data["rows"]] == ["TF-IDF+LR", "mini"]
+    for row in data["rows"]:
+        assert 0 <= row["metrics"]["aucroc_macro"] <= 1 and row["samples_seen"] > 0
+    assert data["rows"][1]["peak_rss_mb"] > 0
+    assert r.stdout.count("mean AUC >= TF-IDF + 0.010: ") == 1  # the targets, checked for the model row
