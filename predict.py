@@ -355,6 +355,9 @@ def main(argv=None):
         p.print_usage(sys.stderr)
         print("error: nothing to score: give comments, '-' for stdin, or --file PATH", file=sys.stderr)
         sys.exit(2)
+    # numpy's BLAS is not used here (onnxruntime has its own); one BLAS thread instead of a pool of
+    # them saves about 0.06 s of every cold start.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if hasattr(sys.stdout, "reconfigure"):  # a terminal that cannot show an emoji gets '?', not a crash
         sys.stdout.reconfigure(errors="replace")
     from data import DataError

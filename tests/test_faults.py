@@ -162,7 +162,9 @@ def test_signal_while_starting_is_one_line(tiny_encoder, tmp_path, monkeypatch, 
     real_read_csv, handler = train.read_csv, signal.getsignal(signal.SIGTERM)
 
     def read_csv(*a, **k):  # the signal arrives while the data is read, before the loop's handler
-        os.kill(os.getpid(), sig)
+        # raise_signal, not os.kill: os.kill lets the kernel pick any thread of the process (torch and
+        # tokenizers start workers); raise_signal signals this one, so the handler runs here and now.
+        signal.raise_signal(sig)
         return real_read_csv(*a, **k)
     monkeypatch.setattr(train, "read_csv", read_csv)
     code, _, err = _main(capsys, tiny_args(tiny_encoder, tmp_path / "run"))
