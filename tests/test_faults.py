@@ -162,12 +162,16 @@ def test_signal_while_starting_is_one_line(tiny_encoder, tmp_path, monkeypatch, 
     real_read_csv, handler = train.read_csv, signal.getsignal(signal.SIGTERM)
 
     def read_csv(*a, **k):  # the signal arrives while the data is read, before the loop's handler
-        # raise_signal, not os.kill: os.kill lets the kernel pick any thread of the process (torch and
-        # tokenizers start workers); raise_signal signals this one, so the handler runs here and now.
-        signal.raise_signal(sig)
+        os.kill(os.getpid(), sig)
         return real_read_csv(*a, **k)
     monkeypatch.setattr(train, "read_csv", read_csv)
-    code, _, err = _main(capsys, tiny_args(tiny_encoder, tmp_path / "run"))
+    # A shell starts background jobs (`pytest &`) with SIGINT ignored, and Python then keeps it ignored:
+    # give this process Ctrl-C as a terminal would, for this test only.
+    old_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, _, err = _main(capsys, tiny_args(tiny_encoder, tmp_path / "run"))
+    finally:
+        signal.signal(signal.SIGINT, old_sigint)
     assert code == 130 and err == "stopped: interrupted while starting; nothing new to resume from\n"
     assert signal.getsignal(signal.SIGTERM) is handler  # main() gives the caller's handler back
 
