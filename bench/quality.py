@@ -2,6 +2,7 @@
 
     python bench/quality.py --minutes 60                       # configs/mini.json against TF-IDF+LR
     python bench/quality.py --minutes 15 30 60 --config configs/mini.json configs/mini_average.json
+    python bench/quality.py --minutes 60 --dropout 0.1         # any other flag is a config override: --key value
     python bench/quality.py --quick                            # tiny model on the sample data, seconds (CI)
 
 Both sides use the validation split the config defines (val_fraction, split_seed) of --data
@@ -105,7 +106,12 @@ def main(argv=None):
     p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "jigsaw", "train.csv"))
     p.add_argument("--out", help="JSON results (default bench/results/quality.json; a temp file with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny random model on the sample data (CI)")
-    args = p.parse_args(argv)
+    args, overrides = p.parse_known_args(argv)  # the rest override every config, as in train.py
+    from config import ConfigError, load_config
+    try:  # a bad key or value fails now, not after the baseline has trained
+        cfg0 = [load_config([c, *overrides])[0] for c in args.config][0]  # every config checked; split from the first
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     extra, max_features = [], 200_000
     if args.quick:  # everything small: proves the code path, says nothing about quality
         sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -120,8 +126,7 @@ def main(argv=None):
         out_root, args.out = os.path.join(ROOT, "runs", "quality"), args.out or os.path.join(ROOT, "bench", "results", "quality.json")
     if not os.path.isfile(args.data):
         sys.exit(f"error: {args.data}: no such file (the real data; see README: Data)")
-    from config import load_config
-    cfg0, _ = load_config([args.config[0], "--data_path", args.data])
+    extra += overrides
     ds = read_csv(args.data)
     train_idx, val_idx = split_indices(ds.labels, cfg0.val_fraction, cfg0.split_seed)
     print(f"data {args.data}: {len(train_idx)} train / {len(val_idx)} val rows (split_seed {cfg0.split_seed})")
@@ -131,9 +136,10 @@ def main(argv=None):
         for minutes in args.minutes:
             rows.append(train_for(config, minutes, args.data, out_root, extra))
             with open(args.out, "w") as f:  # after every run: a crash keeps what was measured
-                json.dump({"data": args.data, "val_rows": len(val_idx), "rows": rows,
+                json.dump({"data": args.data, "val_rows": len(val_idx), "overrides": overrides, "rows": rows,
                            "machine": f"{os.cpu_count()} cores"}, f, indent=1, default=float)
-    print("\n" + table(rows) + "\n\n" + verdict(rows))
+    print("\n" + (f"config overrides: {' '.join(overrides)}\n\n" if overrides else "") + table(rows) + "\n\n" +
+          verdict(rows))
     print(f"\nwrote {args.out}")
 
 

@@ -103,9 +103,10 @@ def test_missing_checkpoint_is_one_line(tmp_path):
 def test_quality_quick(tmp_path):
     """TF-IDF+LR and one budgeted training run on the sample data: one table, one JSON row each."""
     out = tmp_path / "quality.json"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality.py"), "--quick", "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality.py"), "--quick", "--out", str(out),
+                        "--weight_decay", "0.0"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "config overrides: --weight_decay 0.0" in r.stdout
     (header, rows), = tables(r.stdout)
     assert [row[0] for row in rows] == ["TF-IDF+LR", "mini"] and header[2] == "mean AUC"
     data = json.load(open(out))
@@ -114,3 +115,15 @@ def test_quality_quick(tmp_path):
         assert 0 <= row["metrics"]["aucroc_macro"] <= 1 and row["samples_seen"] > 0
     assert data["rows"][1]["peak_rss_mb"] > 0
     assert r.stdout.count("mean AUC >= TF-IDF + 0.010: ") == 1  # the targets, checked for the model row
+    assert data["overrides"] == ["--weight_decay", "0.0"]
+    run = json.load(open(os.path.join(data["rows"][1]["out_dir"], "run.json")))
+    assert run["config"]["weight_decay"] == 0.0  # the override reached the training run
+
+
+def test_quality_bad_override_is_one_line(tmp_path):
+    """A config override with a wrong type fails before anything trains, naming the flag."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality.py"), "--quick", "--out",
+                        str(tmp_path / "q.json"), "--dropout", "abc"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0 and r.stderr.strip().splitlines() == ["error: --dropout expects float, got 'abc'"]
+    assert not (tmp_path / "q.json").exists()
