@@ -109,7 +109,7 @@ def main(argv=None):
     args, overrides = p.parse_known_args(argv)  # the rest override every config, as in train.py
     from config import ConfigError, load_config
     try:  # a bad key or value fails now, not after the baseline has trained
-        cfg0 = [load_config([c, *overrides])[0] for c in args.config][0]  # every config checked; split from the first
+        cfgs = [load_config([c, *overrides])[0] for c in args.config]
     except ConfigError as e:
         sys.exit(f"error: {e}")
     extra, max_features = [], 200_000
@@ -127,6 +127,7 @@ def main(argv=None):
     if not os.path.isfile(args.data):
         sys.exit(f"error: {args.data}: no such file (the real data; see README: Data)")
     extra += overrides
+    cfg0 = cfgs[0]  # the validation split comes from the first config
     ds = read_csv(args.data)
     train_idx, val_idx = split_indices(ds.labels, cfg0.val_fraction, cfg0.split_seed)
     print(f"data {args.data}: {len(train_idx)} train / {len(val_idx)} val rows (split_seed {cfg0.split_seed})")

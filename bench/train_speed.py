@@ -30,11 +30,10 @@ from common import (ROOT, SAMPLE, SHARED_NOTE, SHARED_TRAIN, BenchError, add_com
 
 VARIANTS = [  # name, config overrides
     ("(a) pad to max_length, random batches", {"pad_to_max_length": "true", "group_by_length": "false",
-                                               "precision": "fp32", "dropout": "0.1"}),
+                                               "precision": "fp32"}),
     ("(b) dynamic padding + length grouping, fp32", {"pad_to_max_length": "false", "group_by_length": "true",
-                                                     "precision": "fp32", "dropout": "0.1"}),
-    ("(c) as (b), bf16 autocast", {"pad_to_max_length": "false", "group_by_length": "true", "precision": "bf16",
-                                   "dropout": "0.1"}),
+                                                     "precision": "fp32"}),
+    ("(c) as (b), bf16 autocast", {"pad_to_max_length": "false", "group_by_length": "true", "precision": "bf16"}),
 ]
 
 
@@ -130,6 +129,7 @@ def run(argv=None):
         total = args.warmup + args.steps
         base = [os.path.join(ROOT, "configs", "mini.json"), "--encoder", encoder, "--data_path", csv_path,
                 "--max_length", str(args.max_length), "--batch_size", str(batch), "--max_steps", str(total),
+                "--dropout", "0.1",
                 "--eval_every", str(total), "--log_every", str(total), "--aim", "false",
                 "--cache_dir", os.path.join(tmp, "cache")]
         results = []
