@@ -26,7 +26,9 @@ class Config:
     data_path: str = "data/sample/train.csv"
     val_fraction: float = 0.1
     split_seed: int = 1234          # fixes the validation rows, whatever the seed
-    max_length: int = 128
+    max_length: int = 128           # tokens per training sample, [CLS] and [SEP] included
+    truncation: str = "head"        # a longer comment keeps its start, or with "head_tail" half start, half end
+    eval_max_length: int = 0        # validation and export see this many (0: max_length); BERT's reach is 512
     cache_dir: str = ".cache"       # token ids, keyed by data, tokenizer and max_length
     group_by_length: bool = True
     pad_to_max_length: bool = False  # the naive way, kept for benchmarks and static shapes
@@ -69,14 +71,15 @@ def check_config(cfg, source):
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{source}: {key} must be > 0, got {getattr(cfg, key)}")
-    for key in ("weight_decay", "warmup_steps", "max_steps", "max_minutes", "grad_clip", "epochs"):
+    for key in ("eval_max_length", "weight_decay", "warmup_steps", "max_steps", "max_minutes", "grad_clip", "epochs"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(cfg, key)}")
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"{source}: val_fraction must be in (0, 1), got {cfg.val_fraction}")
     if not 0 <= cfg.dropout < 1:
         raise ConfigError(f"{source}: dropout must be in [0, 1), got {cfg.dropout}")
-    choices = {"pooling": POOLINGS, "precision": ("fp32", "bf16", "fp16"), "pos_weight": ("none", "sqrt")}
+    choices = {"pooling": POOLINGS, "precision": ("fp32", "bf16", "fp16"), "pos_weight": ("none", "sqrt"),
+               "truncation": ("head", "head_tail")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")

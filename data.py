@@ -154,17 +154,22 @@ def split_indices(labels, val_fraction, split_seed):
 # ----------------------------------------------------------------------------
 # tokenizing, with an on-disk cache
 
-def tokenize(tokenizer, texts, max_length, cache_path=None):
-    """List of int32 id arrays, truncated to max_length, not padded.
+def tokenize(tokenizer, texts, max_length, cache_path=None, truncation="head"):
+    """List of int32 id arrays, at most max_length long, not padded.
 
-    tokenizer is a `tokenizers.Tokenizer`. With cache_path, ids are stored there keyed by
-    the texts, the tokenizer and max_length, so a change in any of them re-tokenizes.
+    tokenizer is a `tokenizers.Tokenizer`. A longer comment keeps its first max_length tokens
+    ("head"), or its first and last halves ("head_tail": the end of a long comment is often where
+    it turns abusive). With cache_path, ids are stored there keyed by the texts, the tokenizer,
+    max_length and truncation, so a change in any of them re-tokenizes.
     """
     tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length)
+    if truncation == "head":
+        tokenizer.enable_truncation(max_length)
+    else:
+        tokenizer.no_truncation()
     key = hashlib.sha256()
     key.update(tokenizer.to_str().encode())  # vocab, normaliser, truncation: any change is a new key
-    key.update(str(max_length).encode())
+    key.update(f"{max_length} {truncation}".encode())
     for t in texts:
         key.update(t.encode("utf-8", "surrogatepass") + b"\0")
     key = key.hexdigest()[:16]
@@ -173,7 +178,9 @@ def tokenize(tokenizer, texts, max_length, cache_path=None):
         if os.path.exists(path):
             z = np.load(path)
             return np.split(z["flat"], z["offsets"][1:-1])
-    seqs = [np.array(e.ids, dtype=np.int32) for e in tokenizer.encode_batch(texts)]
+    encodings = tokenizer.encode_batch(texts)
+    seqs = [np.array(e.ids if len(e.ids) <= max_length else head_tail(e.ids, e.special_tokens_mask, max_length),
+                     dtype=np.int32) for e in encodings]
     if cache_path:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
@@ -181,6 +188,15 @@ def tokenize(tokenizer, texts, max_length, cache_path=None):
         np.savez(tmp, flat=np.concatenate(seqs), offsets=offsets)
         os.replace(tmp, path)
     return seqs
+
+
+def head_tail(ids, special_mask, max_length):
+    """The special tokens at both ends, then the first and the last halves of the text between them."""
+    lead = next((i for i, m in enumerate(special_mask) if not m), len(ids))  # [CLS]
+    trail = next((i for i, m in enumerate(reversed(special_mask)) if not m), 0)  # [SEP]
+    room = max(0, max_length - lead - trail)
+    body = ids[lead:len(ids) - trail]
+    return ids[:lead] + body[:room - room // 2] + body[len(body) - room // 2:] + ids[len(ids) - trail:]
 
 
 # ----------------------------------------------------------------------------

@@ -14,8 +14,9 @@ Writes into the output folder (replaced as a whole, and only once every check ha
                    model.onnx is plain ONNX); predict.py uses it by default, the recommended CPU
                    model (predict.py --fp32 forces model.onnx).
   tokenizer.json   the encoder's tokenizer, padding and truncation off (predict.py makes windows).
-  export.json      format_version, labels, max_length, pooling, encoder, per-label thresholds,
-                   the checkpoint's step and validation metrics, the model files, parity figures.
+  export.json      format_version, labels, max_length (the config's eval_max_length if set: the
+                   window predict.py scores), pooling, encoder, per-label thresholds, the
+                   checkpoint's step and validation metrics, the model files, parity figures.
 Parity: onnxruntime and PyTorch score the same padded batch of varied-length comments; the export
 fails (exit 2, nothing published) when the fp32 max abs difference exceeds 1e-4.
 """
@@ -166,6 +167,8 @@ def export(ckpt_path, out, quantize=None):
         if key not in ckpt:
             raise ExportError(f"{ckpt_path}: checkpoint has no {key!r}; not written by this train.py")
     cfg = ckpt["config"]
+    # the windows predict.py scores: as long as validation saw, where the thresholds were tuned
+    serve_length = cfg.get("eval_max_length") or cfg["max_length"]
     thresholds = ckpt.get("thresholds") or [0.5] * len(LABELS)
     if "thresholds" not in ckpt:
         print(f"warning: {ckpt_path}: no tuned thresholds; using 0.5 for every label", file=sys.stderr)
@@ -183,7 +186,7 @@ def export(ckpt_path, out, quantize=None):
         from tokenizers import Tokenizer
         tok = Tokenizer.from_file(os.path.join(tmp, "tokenizer.json"))
         seqs = encode_texts(tok, PARITY_TEXTS)
-        windows = make_windows(seqs, cfg["max_length"] - len(prefix) - len(suffix))
+        windows = make_windows(seqs, serve_length - len(prefix) - len(suffix))
         ids, mask = window_batch(seqs, windows, np.arange(len(windows[0])), prefix, suffix, pad_id)
         print(f"parity batch: {ids.shape[0]} windows of {mask.sum(1).min()}..{ids.shape[1]} tokens")
 
@@ -227,7 +230,7 @@ def export(ckpt_path, out, quantize=None):
 
         import onnxruntime
         import transformers
-        meta = {"format_version": FORMAT_VERSION, "labels": list(LABELS), "max_length": int(cfg["max_length"]),
+        meta = {"format_version": FORMAT_VERSION, "labels": list(LABELS), "max_length": int(serve_length),
                 "pooling": ckpt["model_config"]["pooling"], "encoder": cfg["encoder"],
                 "thresholds": {name: float(t) for name, t in zip(LABELS, thresholds)},
                 "models": models, "default_model": "int8" if "int8" in models else "fp32",

@@ -135,7 +135,7 @@ class TrainingStopped(RuntimeError):
 def train(cfg, resume=False):
     """Train to the end of the schedule (or budget). Returns the best checkpoint's metrics."""
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     limit_heap_growth()
     rank, world, device = init_distributed(cfg)
@@ -164,8 +164,18 @@ def train(cfg, resume=False):
         train_idx, val_idx = split_indices(ds.labels, cfg.val_fraction, cfg.split_seed)
     except DataError as e:  # the split cannot know which file it splits
         raise DataError(f"{cfg.data_path}: {e}") from None
+    reach = AutoConfig.from_pretrained(resolve_encoder(cfg.encoder)).max_position_embeddings
+    eval_length = cfg.eval_max_length or cfg.max_length
+    if max(cfg.max_length, eval_length) > reach:  # found now, not as an index error mid-run
+        raise ConfigError(f"max_length {cfg.max_length}, eval_max_length {cfg.eval_max_length}: "
+                          f"{cfg.encoder} has position embeddings for {reach} tokens")
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(cfg.encoder)).backend_tokenizer
-    seqs = tokenize(tokenizer, ds.texts, cfg.max_length, os.path.join(cfg.cache_dir, "tokens"))
+    cache = os.path.join(cfg.cache_dir, "tokens")
+    seqs = tokenize(tokenizer, ds.texts, cfg.max_length, cache, cfg.truncation)
+    # Validation may see more of each comment than training did: a model trained on 128 tokens ranks
+    # long comments better when it reads up to 512 (the README's quality section has the figures).
+    val_seqs = seqs if eval_length == cfg.max_length else tokenize(tokenizer, ds.texts, eval_length, cache,
+                                                                    cfg.truncation)
     pad_id = tokenizer.token_to_id("[PAD]") or 0
     lengths = np.array([len(s) for s in seqs])
     labels_t = torch.from_numpy(ds.labels.astype(np.float32))
@@ -272,8 +282,8 @@ def train(cfg, resume=False):
             state.update(step=step, train_seconds=elapsed)
 
             if step > first_step and (step % cfg.eval_every == 0 or done):
-                metrics, probs, thresholds = run_eval(raw_model, seqs, val_idx, ds.labels, cfg, device, autocast,
-                                                      rank, world)
+                metrics, probs, thresholds = run_eval(raw_model, val_seqs, val_idx, ds.labels, cfg, device,
+                                                      autocast, rank, world)
                 last_metrics = metrics
                 for k, v in metrics.items():
                     tracker.track(f"eval_{k}", v, step, "val")

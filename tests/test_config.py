@@ -36,6 +36,8 @@ def test_json_then_cli_overrides(tmp_path):
     ({"val_fraction": 0}, "val_fraction must be in (0, 1)"),
     ({"pooling": "max"}, "pooling must be one of cls, mean"),
     ({"precision": "int4"}, "precision must be one of"),
+    ({"truncation": "tail"}, "truncation must be one of head, head_tail"),
+    ({"eval_max_length": -1}, "eval_max_length must be >= 0"),
     ({"data_path": "nowhere/train.csv"}, "data_path 'nowhere/train.csv' does not exist"),
     ([1, 2], "expected a JSON object"),
 ])

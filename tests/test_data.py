@@ -165,3 +165,19 @@ def test_token_cache_invalidated_by_data_tokenizer_and_max_length(tiny_encoder, 
     tok.add_tokens(["newword"])  # tokenizer changed
     tokenize(tok, ["hello there", "you idiot"], 16, cache)
     assert len(list((tmp_path / "cache").iterdir())) == 4
+
+
+def test_head_tail_keeps_both_ends_of_a_long_comment(tiny_encoder, tmp_path):
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(tiny_encoder + "/tokenizer.json")
+    texts = ["hello " + "there " * 40 + "you idiot", "you fool"]
+    whole = tokenize(tok, texts, 512)[0].tolist()  # [CLS] ... [SEP], untruncated
+    head = tokenize(tok, texts, 10)
+    assert head[0].tolist() == whole[:9] + whole[-1:]  # the tokenizer's own: 8 first tokens and [SEP]
+    for n, first, last in ((10, 4, 4), (11, 5, 4)):  # [CLS] + the first half + the last half + [SEP]
+        both = tokenize(tok, texts, n, truncation="head_tail")
+        assert both[0].tolist() == whole[:1 + first] + whole[-1 - last:]
+        assert both[1].tolist() == head[1].tolist()  # a comment that fits is the same either way
+    cache = str(tmp_path / "cache" / "tokens")
+    a, b = tokenize(tok, texts, 10, cache), tokenize(tok, texts, 10, cache, "head_tail")
+    assert len(list((tmp_path / "cache").iterdir())) == 2 and a[0].tolist() != b[0].tolist()

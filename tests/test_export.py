@@ -83,6 +83,21 @@ def test_export_json_carries_what_predict_needs(export_dir, tiny_run):
     assert meta["parity"]["fp32_max_abs_diff"] <= 1e-4
 
 
+def test_predict_windows_are_as_long_as_validation_saw(tiny_run, tmp_path):
+    """A config with eval_max_length: its thresholds were tuned on that much text, so predict.py's
+    windows are that long too."""
+    import torch
+
+    from model import save_checkpoint
+    ckpt = torch.load(tiny_run / "best.pt", weights_only=True)
+    ckpt["config"] = {**ckpt["config"], "eval_max_length": 2 * ckpt["config"]["max_length"]}
+    save_checkpoint(ckpt, str(tmp_path / "best.pt"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        meta = export.export(str(tmp_path / "best.pt"), str(tmp_path / "out"))
+    assert meta["max_length"] == 2 * ckpt["config"]["max_length"]
+    assert json.load(open(tmp_path / "out" / "export.json"))["max_length"] == meta["max_length"]
+
+
 def test_fp32_parity_on_new_shapes_and_int8_runs(export_dir, tiny_run):
     """Batch sizes, lengths and paddings the trace never saw: within 1e-4 of PyTorch."""
     import onnxruntime as ort

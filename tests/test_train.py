@@ -81,6 +81,33 @@ def test_accumulation_equals_one_big_batch(tiny_encoder, tmp_path):
     assert _max_diff(results[8], results[2]) <= 1e-5
 
 
+def test_validation_reads_eval_max_length_tokens_training_max_length(tiny_encoder, tmp_path, monkeypatch):
+    import train
+    seen = {}
+    real_eval, real_pad = train.run_eval, train.pad_batch
+
+    def spy_eval(model, seqs, val_idx, *a, **k):
+        seen["val"] = max(len(seqs[i]) for i in val_idx)
+        return real_eval(model, seqs, val_idx, *a, **k)
+
+    def spy_pad(seqs, *a, **k):
+        seen["train"] = max(seen.get("train", 0), max(len(s) for s in seqs))
+        return real_pad(seqs, *a, **k)
+    monkeypatch.setattr(train, "run_eval", spy_eval)
+    monkeypatch.setattr(train, "pad_batch", spy_pad)
+    cfg, _ = load_config(tiny_args(tiny_encoder, tmp_path / "r", max_length=16, eval_max_length=64,
+                                   truncation="head_tail", max_steps=2, eval_every=2))
+    train.train(cfg)
+    assert seen["train"] == 16 and 16 < seen["val"] <= 64  # the sample data has comments past 16 tokens
+
+
+def test_lengths_beyond_the_encoders_positions_fail_before_tokenizing(tiny_encoder, tmp_path):
+    r = run_train(tiny_args(tiny_encoder, tmp_path / "r", eval_max_length=600))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "eval_max_length 600" in r.stderr and "512 tokens" in r.stderr
+    assert not os.path.exists(str(tmp_path / "r") + "_cache")  # nothing tokenized
+
+
 @pytest.mark.skipif(not os.path.exists(SHARED_TRAIN), reason="../shared/data/jigsaw/train.csv is not here")
 def test_quality_mini_on_2000_real_rows(tmp_path):
     """MiniLM learns the real task: validation mean AUC >= 0.90 after ~2 minutes on 2 cores."""
