@@ -29,7 +29,7 @@ class Config:
     max_length: int = 128           # tokens per training sample, [CLS] and [SEP] included
     truncation: str = "head"        # a longer comment keeps its start, or with "head_tail" half start, half end
     eval_max_length: int = 0        # validation and export see this many (0: max_length); BERT's reach is 512
-    cache_dir: str = ".cache"       # token ids, keyed by data, tokenizer and max_length
+    cache_dir: str = ".cache"       # token ids, keyed by data, tokenizer, max_length and truncation
     group_by_length: bool = True
     pad_to_max_length: bool = False  # the naive way, kept for benchmarks and static shapes
     # optimisation
@@ -71,7 +71,8 @@ def check_config(cfg, source):
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{source}: {key} must be > 0, got {getattr(cfg, key)}")
-    for key in ("eval_max_length", "weight_decay", "warmup_steps", "max_steps", "max_minutes", "grad_clip", "epochs"):
+    for key in ("eval_max_length", "weight_decay", "warmup_steps", "max_steps", "max_minutes", "grad_clip",
+                "epochs"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(cfg, key)}")
     if not 0 < cfg.val_fraction < 1:
