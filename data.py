@@ -159,8 +159,8 @@ def tokenize(tokenizer, texts, max_length, cache_path=None, truncation="head"):
 
     tokenizer is a `tokenizers.Tokenizer`. A longer comment keeps its first max_length tokens
     ("head"), or its first and last halves ("head_tail": a long comment's end counts too; the
-    README's quality section has the figures). With cache_path, ids are stored there keyed by the texts, the tokenizer,
-    max_length and truncation, so a change in any of them re-tokenizes.
+    README's quality section has the figures). With cache_path, ids are stored there keyed by the
+    texts, the tokenizer, max_length and truncation, so a change in any of them re-tokenizes.
     """
     tokenizer.no_padding()
     if truncation == "head":
