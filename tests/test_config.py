@@ -84,7 +84,7 @@ def test_shipped_configs_load():
 
 def test_bf16_without_hardware_support_falls_back_to_fp32_with_a_warning(monkeypatch, capsys):
     """A choice: configs stay portable (bf16 where the hardware has it), and the fallback is said,
-    not silent. This CPU (AVX2 only) has no bf16; the check is forced off so any CPU runs the test."""
+    not silent. AVX2-only CPUs have no bf16; the check is forced both ways so any CPU runs the test."""
     import torch
 
     from train import resolve_precision
