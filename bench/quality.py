@@ -4,13 +4,18 @@
     python bench/quality.py --minutes 15 30 60 --config configs/mini.json configs/mini_average.json
     python bench/quality.py --minutes 60 --dropout 0.1         # any other flag is a config override: --key value
     python bench/quality.py --quick                            # tiny model on the sample data, seconds (CI)
+    python bench/quality.py --runs runs/quality/mini-60min     # score finished runs instead of training
 
 Both sides use the validation split the config defines (val_fraction, split_seed) of --data
 (default ../shared/data/jigsaw/train.csv: 44,073 real Kaggle rows, toxic-enriched, ~26% toxic
 against 9.58% in the full set). Each model trains for at most M minutes of wall time, its
 learning-rate schedule sized to that budget (it reaches zero as the budget ends, warmup 3 steps
 per minute), and is scored once at the end. F1 is given at 0.5 and at thresholds tuned on the
-same validation predictions, for both sides alike. Prints one Markdown table; writes JSON to --out.
+same validation predictions, for both sides alike. Each model's margin over TF-IDF+LR comes with a
+95% paired-bootstrap interval over the validation rows (both scored on the same resampled rows), so
+a target missed or met by less than the noise of 4,400 rows says so. --runs scores run folders that
+train.py already wrote (their val_predictions.npz, on the same split). Prints one Markdown table;
+writes JSON to --out.
 """
 import argparse
 import json
@@ -18,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -25,7 +31,10 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from data import LABELS, read_csv, split_indices  # noqa: E402
-from metrics import evaluate, tune_thresholds  # noqa: E402
+from compare import nanmean, percentile_interval  # noqa: E402
+from metrics import evaluate, tune_thresholds, weighted_f1s, weighted_label_aucs  # noqa: E402
+
+RESAMPLES = 1000
 
 
 def tfidf_baseline(texts, labels, train_idx, val_idx, max_features=200_000):
@@ -48,9 +57,51 @@ def tfidf_baseline(texts, labels, train_idx, val_idx, max_features=200_000):
         clf.fit(x_tr, labels[train_idx, j])
         probs[:, j] = clf.predict_proba(x_va)[:, 1]
     y = labels[val_idx]
-    m = evaluate(probs, y, tune_thresholds(probs, y))
-    return {"name": "TF-IDF+LR", "minutes": None, "train_seconds": time.time() - t0,
-            "samples_seen": len(train_idx), "metrics": m}
+    thresholds = tune_thresholds(probs, y)
+    row = {"name": "TF-IDF+LR", "minutes": None, "train_seconds": time.time() - t0,
+           "samples_seen": len(train_idx), "metrics": evaluate(probs, y, thresholds)}
+    return row, probs, thresholds
+
+
+def load_predictions(path, val_idx, val_labels):
+    """A finished run's val_predictions.npz (path: the file or its run folder), checked against the split."""
+    f = path if path.endswith(".npz") else os.path.join(path, "val_predictions.npz")
+    if not os.path.isfile(f):
+        sys.exit(f"error: {f}: no such file (train.py writes it at each evaluation)")
+    try:  # dict of the arrays, so a truncated or foreign file fails here, once, in one line
+        with np.load(f) as npz:
+            z = {k: npz[k] for k in ("rows", "labels", "probs", "thresholds")}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        sys.exit(f"error: {f}: not a readable val_predictions.npz ({e})")
+    if not (np.array_equal(z["rows"], val_idx) and np.array_equal(z["labels"], val_labels)):
+        sys.exit(f"error: {f}: its validation rows are not this split's (check --data, val_fraction, split_seed)")
+    return z
+
+
+def margin_intervals(z, base_probs, base_thresholds, resamples=RESAMPLES, seed=0):
+    """95% paired-bootstrap intervals of (model - TF-IDF+LR) mean AUC and tuned macro F1.
+
+    Both sides are scored on the same resampled rows, so the luck of which rows were drawn cancels;
+    thresholds stay where they were tuned on all rows. A resample is kept as counts per row.
+    """
+    rng = np.random.default_rng(seed)
+    labels, n = z["labels"], len(z["labels"])
+    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])  # (R,N)
+    d_auc = (nanmean(weighted_label_aucs(z["probs"], labels, counts), 1) -
+             nanmean(weighted_label_aucs(base_probs, labels, counts), 1))                           # (R,)
+    d_f1 = (weighted_f1s(z["probs"], labels, z["thresholds"], counts).mean(1) -
+            weighted_f1s(base_probs, labels, base_thresholds, counts).mean(1))                      # (R,)
+    return {"aucroc_macro": percentile_interval(d_auc), "macro_f1_tuned": percentile_interval(d_f1)}
+
+
+def finished_run(path, val_idx, val_labels):
+    """A --runs row: metrics from the run's predictions; budget from its run.json where there is one."""
+    folder = os.path.dirname(path) if path.endswith(".npz") else path
+    z = load_predictions(path, val_idx, val_labels)
+    run_json = os.path.join(folder, "run.json")
+    minutes = json.load(open(run_json))["config"]["max_minutes"] if os.path.isfile(run_json) else 0
+    return {"name": os.path.basename(os.path.normpath(folder)), "minutes": minutes or None, "train_seconds": None,
+            "samples_seen": None, "out_dir": folder, "metrics": evaluate(z["probs"], z["labels"], z["thresholds"])}, z
 
 
 def train_for(config, minutes, data, out_root, extra):
@@ -59,43 +110,60 @@ def train_for(config, minutes, data, out_root, extra):
     from train import train
 
     name = os.path.splitext(os.path.basename(config))[0]
-    out_dir = os.path.join(out_root, f"{name}-{minutes:g}min")
+    out_dir = os.path.join(out_root, f"{name}-{minutes:g}min")  # the default: an --out_dir in extra wins
     cfg, _ = load_config([config, "--data_path", data, "--max_minutes", str(minutes), "--epochs", "1000",
                           "--warmup_steps", str(max(1, round(3 * minutes))), "--eval_every", str(10**9),
                           "--out_dir", out_dir, *extra])
     result = train(cfg)
     return {"name": name, "minutes": minutes, "train_seconds": result["train_seconds"],
-            "samples_seen": result["samples_seen"], "steps": result["steps"], "out_dir": out_dir,
+            "samples_seen": result["samples_seen"], "steps": result["steps"], "out_dir": cfg.out_dir,
             "precision": result["precision"], "peak_rss_mb": result["peak_rss_mb"], "metrics": result["best"]}
 
 
+def trained(configs, minutes_list, data, out_root, extra, val_idx, val_labels):
+    """Each config trained for each budget, in turn: yields (row, its validation predictions)."""
+    for config in configs:
+        for minutes in minutes_list:
+            row = train_for(config, minutes, data, out_root, extra)
+            yield row, load_predictions(row["out_dir"], val_idx, val_labels)
+
+
 def table(rows):
-    head = ["setup", "budget", "mean AUC"] + list(LABELS) + ["macro F1 @0.5", "macro F1 tuned", "micro F1 @0.5",
-                                                      "micro F1 tuned", "train time", "samples seen", "samples/s"]
+    head = (["setup", "budget", "mean AUC", "AUC margin 95% CI"] + list(LABELS) +
+            ["macro F1 @0.5", "macro F1 tuned", "micro F1 @0.5", "micro F1 tuned", "train time", "samples seen",
+             "samples/s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = rows[0]["metrics"]
     for r in rows:
         m = r["metrics"]
         delta = "" if r is rows[0] else f" ({m['aucroc_macro'] - base['aucroc_macro']:+.4f})"
-        cells = [r["name"], f"{r['minutes']:g} min" if r["minutes"] else "-", f"{m['aucroc_macro']:.4f}{delta}"]
+        ci = r.get("margin_ci", {}).get("aucroc_macro")
+        cells = [r["name"], f"{r['minutes']:g} min" if r["minutes"] else "-", f"{m['aucroc_macro']:.4f}{delta}",
+                 f"{ci[0]:+.4f} to {ci[1]:+.4f}" if ci else "-"]
         cells += [f"{m[f'auc_{n}']:.4f}" for n in LABELS]
         cells += [f"{m[k]:.4f}" for k in ("macro_f1", "macro_f1_tuned", "micro_f1", "micro_f1_tuned")]
-        cells += [f"{r['train_seconds'] / 60:.1f} min", f"{r['samples_seen']:,}",
-                  "-" if r["minutes"] is None else f"{r['samples_seen'] / r['train_seconds']:.1f}"]
+        known = r["train_seconds"] is not None  # unknown for --runs rows
+        cells += [f"{r['train_seconds'] / 60:.1f} min" if known else "-",
+                  f"{r['samples_seen']:,}" if known else "-",
+                  f"{r['samples_seen'] / r['train_seconds']:.1f}" if known and r["minutes"] else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def verdict(rows):
-    """The issue's targets, checked for every model row against the TF-IDF row."""
+    """The issue's targets, checked for every model row against the TF-IDF row, with the margins' intervals."""
     base, out = rows[0]["metrics"], []
     for r in rows[1:]:
-        m = r["metrics"]
-        checks = {"mean AUC >= TF-IDF + 0.010": m["aucroc_macro"] >= base["aucroc_macro"] + 0.010,
-                  "no label below TF-IDF": all(m[f"auc_{n}"] >= base[f"auc_{n}"] for n in LABELS),
-                  "macro F1 tuned >= TF-IDF + 0.10": m["macro_f1_tuned"] >= base["macro_f1_tuned"] + 0.10}
-        out.append(f"- {r['name']} {r['minutes']:g} min: " +
-                   "; ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in checks.items()))
+        m, ci = r["metrics"], r["margin_ci"]
+        margin = {k: m[k] - base[k] for k in ("aucroc_macro", "macro_f1_tuned")}
+        checks = [("mean AUC >= TF-IDF + 0.010", margin["aucroc_macro"] >= 0.010, "aucroc_macro"),
+                  ("no label below TF-IDF", all(m[f"auc_{n}"] >= base[f"auc_{n}"] for n in LABELS), None),
+                  ("macro F1 tuned >= TF-IDF + 0.10", margin["macro_f1_tuned"] >= 0.10, "macro_f1_tuned")]
+        budget = f" {r['minutes']:g} min" if r["minutes"] else ""  # --runs rows may not know theirs
+        out.append(f"- {r['name']}{budget}: " + "; ".join(
+            f"{name}: {'met' if ok else 'NOT met'}" +
+            (f" (margin {margin[k]:+.4f}, 95% CI {ci[k][0]:+.4f} to {ci[k][1]:+.4f})" if k else "")
+            for name, ok, k in checks))
     return "\n".join(out)
 
 
@@ -106,6 +174,8 @@ def main(argv=None):
     p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "jigsaw", "train.csv"))
     p.add_argument("--out", help="JSON results (default bench/results/quality.json; a temp file with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny random model on the sample data (CI)")
+    p.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="score these finished train.py runs (folders "
+                   "or val_predictions.npz) against TF-IDF+LR instead of training; --config gives the split")
     args, overrides = p.parse_known_args(argv)  # the rest override every config, as in train.py
     from config import ConfigError, load_config
     try:  # a bad key or value fails now, not after the baseline has trained
@@ -131,14 +201,18 @@ def main(argv=None):
     ds = read_csv(args.data)
     train_idx, val_idx = split_indices(ds.labels, cfg0.val_fraction, cfg0.split_seed)
     print(f"data {args.data}: {len(train_idx)} train / {len(val_idx)} val rows (split_seed {cfg0.split_seed})")
-    rows = [tfidf_baseline(ds.texts, ds.labels, train_idx, val_idx, max_features)]
+    # bad --runs paths fail here, before TF-IDF+LR trains
+    finished = [finished_run(path, val_idx, ds.labels[val_idx]) for path in args.runs or []]
+    base, base_probs, base_thresholds = tfidf_baseline(ds.texts, ds.labels, train_idx, val_idx, max_features)
+    rows = [base]
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    for config in args.config:
-        for minutes in args.minutes:
-            rows.append(train_for(config, minutes, args.data, out_root, extra))
-            with open(args.out, "w") as f:  # after every run: a crash keeps what was measured
-                json.dump({"data": args.data, "val_rows": len(val_idx), "overrides": overrides, "rows": rows,
-                           "machine": f"{os.cpu_count()} cores"}, f, indent=1, default=float)
+    for row, z in finished or trained(args.config, args.minutes, args.data, out_root, extra, val_idx,
+                                        ds.labels[val_idx]):
+        row["margin_ci"] = margin_intervals(z, base_probs, base_thresholds)
+        rows.append(row)
+        with open(args.out, "w") as f:  # after every run: a crash keeps what was measured
+            json.dump({"data": args.data, "val_rows": len(val_idx), "overrides": overrides, "rows": rows,
+                       "resamples": RESAMPLES, "machine": f"{os.cpu_count()} cores"}, f, indent=1, default=float)
     print("\n" + (f"config overrides: {' '.join(overrides)}\n\n" if overrides else "") + table(rows) + "\n\n" +
           verdict(rows))
     print(f"\nwrote {args.out}")

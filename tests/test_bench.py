@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -127,3 +128,51 @@ def test_quality_bad_override_is_one_line(tmp_path):
                        timeout=300)
     assert r.returncode != 0 and r.stderr.strip().splitlines() == ["error: --dropout expects float, got 'abc'"]
     assert not (tmp_path / "q.json").exists()
+
+
+def test_margin_intervals_pair_the_rows():
+    """The margin's interval is exactly 0 for a model equal to the baseline, and above 0 for a better one."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from quality import margin_intervals
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((400, 6)) < 0.2).astype(np.uint8)
+    base = np.clip(labels * 0.3 + rng.random((400, 6)) * 0.7, 0, 1)   # informative but noisy
+    better = np.clip(labels * 0.6 + rng.random((400, 6)) * 0.4, 0, 1)  # separates the classes fully
+    th = np.full(6, 0.5)
+    same = margin_intervals({"probs": base, "labels": labels, "thresholds": th}, base, th, resamples=200)
+    assert same == {"aucroc_macro": (0.0, 0.0), "macro_f1_tuned": (0.0, 0.0)}
+    up = margin_intervals({"probs": better, "labels": labels, "thresholds": th}, base, th, resamples=200)
+    assert 0 < up["aucroc_macro"][0] <= up["aucroc_macro"][1] and 0 < up["macro_f1_tuned"][0]
+
+
+def test_quality_runs_rescores_a_finished_run(tmp_path):
+    """--runs scores a run folder's saved predictions: the same metrics and interval as when it trained
+    (in the folder an --out_dir override chose); a folder without predictions is a one-line error."""
+    out, run_dir = tmp_path / "quality.json", str(tmp_path / "my_run")
+    script = os.path.join(ROOT, "bench", "quality.py")
+    r = subprocess.run([sys.executable, script, "--quick", "--out", str(out), "--out_dir", run_dir], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trained = json.load(open(out))["rows"][1]
+    assert trained["out_dir"] == run_dir
+    lo, hi = trained["margin_ci"]["aucroc_macro"]
+    assert lo <= hi and "AUC margin 95% CI" in r.stdout and "(margin " in r.stdout
+    again = tmp_path / "again.json"
+    r = subprocess.run([sys.executable, script, "--quick", "--out", str(again), "--runs", trained["out_dir"]],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = json.load(open(again))["rows"][1]
+    scored = {k: v for k, v in trained["metrics"].items() if k != "loss"}  # validation loss needs the model
+    assert row["metrics"] == scored and row["margin_ci"] == trained["margin_ci"]
+    assert row["name"] == os.path.basename(trained["out_dir"]) and row["samples_seen"] is None
+    r = subprocess.run([sys.executable, script, "--quick", "--out", str(again), "--runs", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    missing = os.path.join(str(tmp_path), "val_predictions.npz")
+    assert r.returncode != 0 and "Traceback" not in r.stderr  # (--quick first builds its tiny encoder)
+    assert r.stderr.strip().splitlines()[-1] == f"error: {missing}: no such file (train.py writes it at each evaluation)"
+    (tmp_path / "val_predictions.npz").write_text("not an npz")
+    r = subprocess.run([sys.executable, script, "--quick", "--out", str(again), "--runs", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: {missing}: not a readable val_predictions.npz")
