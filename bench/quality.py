@@ -31,8 +31,8 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from data import LABELS, read_csv, split_indices  # noqa: E402
-from compare import nanmean, percentile_interval  # noqa: E402
-from metrics import evaluate, tune_thresholds, weighted_f1s, weighted_label_aucs  # noqa: E402
+from compare import bootstrap, percentile_interval  # noqa: E402
+from metrics import evaluate, tune_thresholds  # noqa: E402
 
 RESAMPLES = 1000
 
@@ -81,17 +81,13 @@ def load_predictions(path, val_idx, val_labels):
 def margin_intervals(z, base_probs, base_thresholds, resamples=RESAMPLES, seed=0):
     """95% paired-bootstrap intervals of (model - TF-IDF+LR) mean AUC and tuned macro F1.
 
-    Both sides are scored on the same resampled rows, so the luck of which rows were drawn cancels;
-    thresholds stay where they were tuned on all rows. A resample is kept as counts per row.
+    compare.py's bootstrap, with the two as one-run groups: both are scored on the same resampled
+    rows, so the luck of which rows were drawn cancels; thresholds stay where they were tuned.
     """
-    rng = np.random.default_rng(seed)
-    labels, n = z["labels"], len(z["labels"])
-    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])  # (R,N)
-    d_auc = (nanmean(weighted_label_aucs(z["probs"], labels, counts), 1) -
-             nanmean(weighted_label_aucs(base_probs, labels, counts), 1))                           # (R,)
-    d_f1 = (weighted_f1s(z["probs"], labels, z["thresholds"], counts).mean(1) -
-            weighted_f1s(base_probs, labels, base_thresholds, counts).mean(1))                      # (R,)
-    return {"aucroc_macro": percentile_interval(d_auc), "macro_f1_tuned": percentile_interval(d_f1)}
+    groups = [{"letter": "model", "runs": [z]},
+              {"letter": "tfidf", "runs": [{"probs": base_probs, "thresholds": base_thresholds}]}]
+    draws, _ = bootstrap(groups, z["labels"], resamples, seed)
+    return {k: percentile_interval(draws["model"][k] - draws["tfidf"][k]) for k in ("aucroc_macro", "macro_f1_tuned")}
 
 
 def finished_run(path, val_idx, val_labels):
@@ -99,7 +95,10 @@ def finished_run(path, val_idx, val_labels):
     folder = os.path.dirname(path) if path.endswith(".npz") else path
     z = load_predictions(path, val_idx, val_labels)
     run_json = os.path.join(folder, "run.json")
-    minutes = json.load(open(run_json))["config"]["max_minutes"] if os.path.isfile(run_json) else 0
+    minutes = 0
+    if os.path.isfile(run_json):
+        with open(run_json) as f:
+            minutes = json.load(f)["config"]["max_minutes"]
     return {"name": os.path.basename(os.path.normpath(folder)), "minutes": minutes or None, "train_seconds": None,
             "samples_seen": None, "out_dir": folder, "metrics": evaluate(z["probs"], z["labels"], z["thresholds"])}, z
 
