@@ -46,6 +46,7 @@ class Config:
     grad_clip: float = 1.0
     pos_weight: str = "none"        # "sqrt": BCE pos_weight = sqrt(neg/pos), capped
     pos_weight_cap: float = 10.0
+    oversample: int = 1             # rows with a rare positive (severe_toxic, threat, identity_hate) per epoch
     max_bad_steps: int = 5          # consecutive non-finite steps before giving up
     precision: str = "fp32"         # "fp32", "bf16" or "fp16"
     device: str = "auto"            # "auto", "cpu", "cuda", "cuda:N"
@@ -67,7 +68,7 @@ class ConfigError(ValueError):
 def check_config(cfg, source):
     """Reject values that would fail later, or silently train nonsense."""
     positive = ("batch_size", "accum_steps", "lr", "head_lr", "max_length", "eval_every",
-                "eval_batch_size", "log_every", "max_bad_steps", "dist_timeout_s")
+                "eval_batch_size", "log_every", "max_bad_steps", "dist_timeout_s", "oversample")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{source}: {key} must be > 0, got {getattr(cfg, key)}")

@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from distributed import any_rank, from_rank0, init_distributed
-from data import LABELS, DataError, epoch_order, pad_batch, read_csv, split_indices, tokenize
+from data import LABELS, DataError, epoch_order, oversample_rare, pad_batch, read_csv, split_indices, tokenize
 from metrics import format_metrics
 from config import ConfigError, load_config
 from model import (CheckpointError, build_model, load_checkpoint, load_resumable, model_config, resolve_encoder,
@@ -179,20 +179,25 @@ def train(cfg, resume=False):
     pad_id = tokenizer.token_to_id("[PAD]") or 0
     lengths = np.array([len(s) for s in seqs])
     labels_t = torch.from_numpy(ds.labels.astype(np.float32))
-    steps_per_epoch = len(train_idx) // (gmb * cfg.accum_steps)
+    # An epoch may repeat the rows with rare positives; pos_weight still counts each row once.
+    epoch_idx, rare = oversample_rare(ds.labels, train_idx, cfg.oversample)
+    steps_per_epoch = len(epoch_idx) // (gmb * cfg.accum_steps)
     if steps_per_epoch == 0:
         raise ConfigError(f"{cfg.data_path}: {len(train_idx)} training rows do not fill one global batch "
                           f"of {gmb * cfg.accum_steps}; lower batch_size or accum_steps")
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     log(f"data {cfg.data_path}: {len(train_idx)} train / {len(val_idx)} val rows, "
         f"{steps_per_epoch} steps per epoch, {total_steps} steps")
+    if cfg.oversample > 1:
+        log(f"oversample {cfg.oversample}: {(len(epoch_idx) - len(train_idx)) // (cfg.oversample - 1)} rows with "
+            f"a rare positive ({', '.join(rare)}) -> {len(epoch_idx)} samples per epoch")
 
     def micro_batches(samples_seen):
         """Endless micro-batches for this rank, starting after samples_seen (for resume)."""
         per_epoch = steps_per_epoch * cfg.accum_steps  # micro-batches
         epoch, j = divmod(samples_seen // gmb, per_epoch)
         while True:
-            order = train_idx[epoch_order(lengths[train_idx], gmb, cfg.accum_steps, cfg.seed, epoch,
+            order = epoch_idx[epoch_order(lengths[epoch_idx], gmb, cfg.accum_steps, cfg.seed, epoch,
                                           cfg.group_by_length)]
             for j in range(j, per_epoch):
                 rows = order[j * gmb:(j + 1) * gmb][rank * cfg.batch_size:(rank + 1) * cfg.batch_size]

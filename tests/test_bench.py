@@ -122,12 +122,18 @@ def test_quality_quick(tmp_path):
 
 
 def test_quality_bad_override_is_one_line(tmp_path):
-    """A config override with a wrong type fails before anything trains, naming the flag."""
+    """A config override with a wrong type, or one --out_dir for two runs, fails before anything trains."""
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality.py"), "--quick", "--out",
                         str(tmp_path / "q.json"), "--dropout", "abc"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode != 0 and r.stderr.strip().splitlines() == ["error: --dropout expects float, got 'abc'"]
     assert not (tmp_path / "q.json").exists()
+    # one --out_dir for two runs would leave only the last run's folder
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality.py"), "--minutes", "1", "2",
+                        "--out_dir", str(tmp_path / "run"), "--out", str(tmp_path / "q.json")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and r.stderr.strip().splitlines() == [
+        "error: --out_dir names one run folder: give one --config and one --minutes with it"]
 
 
 def test_margin_intervals_pair_the_rows():

@@ -38,6 +38,7 @@ def test_json_then_cli_overrides(tmp_path):
     ({"precision": "int4"}, "precision must be one of"),
     ({"truncation": "tail"}, "truncation must be one of head, head_tail"),
     ({"eval_max_length": -1}, "eval_max_length must be >= 0"),
+    ({"oversample": 0}, "oversample must be > 0"),
     ({"data_path": "nowhere/train.csv"}, "data_path 'nowhere/train.csv' does not exist"),
     ([1, 2], "expected a JSON object"),
 ])

@@ -48,6 +48,15 @@ def test_short_run_writes_checkpoints_predictions_and_aim_run(tiny_encoder, tmp_
     assert len(metrics[("eval_aucroc_macro", "val")]) == 2 and ("eval_macro_f1", "val") in metrics
 
 
+def test_oversample_lengthens_the_epoch_by_the_repeated_rows(tiny_encoder, tmp_path):
+    """The sample's 720 training rows hold 142 with a rare positive: 3 copies make 1,004 rows an epoch."""
+    r = run_train(tiny_args(tiny_encoder, tmp_path / "run", max_steps=0, epochs=0.1, oversample=3, eval_every=100))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "720 train / 80 val rows, 62 steps per epoch, 7 steps" in r.stdout  # 1004 // 16 = 62
+    assert ("oversample 3: 142 rows with a rare positive (severe_toxic, threat, identity_hate) -> "
+            "1004 samples per epoch") in r.stdout
+
+
 def test_killed_during_checkpoint_write_then_resumed_gives_the_same_weights(tiny_encoder, tmp_path):
     args = dict(max_steps=9, eval_every=3)
     ref = tmp_path / "ref"
