@@ -135,12 +135,12 @@ def run(argv=None):
     p.add_argument("--batch1_rows", type=int, default=300, help="of those, scored at batch 1 (default 300)")
     args = p.parse_args(argv)
     data = SAMPLE if args.quick else SHARED_TRAIN
+    if args.checkpoint or not args.quick:  # the checkpoint first: it is what a user names on the command line
+        require_checkpoint(args.checkpoint or os.path.join(ROOT, "runs", "mini", "best.pt"))
     if args.quick:
         args.rows, args.batch1_rows = 64, 16
     elif not os.path.isfile(data):
         raise BenchError(f"{data}: not found; the real rows live in ../shared (see its README), or use --quick")
-    if args.checkpoint or not args.quick:
-        require_checkpoint(args.checkpoint or os.path.join(ROOT, "runs", "mini", "best.pt"))
 
     import numpy as np
     import torch
