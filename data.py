@@ -160,9 +160,10 @@ def oversample_rare(labels, idx, copies, rare_ratio=0.25):
     toxic-enriched sample, since the ratio does not move with the share of clean rows.
     -> (index array, rare label names). copies=1 returns idx unchanged.
     """
-    rate = labels[idx].mean(0)
+    y = labels[idx]
+    rate = y.mean(0)
     rare = rate < rare_ratio * rate.max()
-    has_rare = labels[idx][:, rare].any(1)
+    has_rare = y[:, rare].any(1)
     out = np.concatenate([idx] + [idx[has_rare]] * (copies - 1)) if copies > 1 else idx
     return out, [name for name, r in zip(LABELS, rare) if r]
 

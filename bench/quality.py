@@ -181,7 +181,8 @@ def main(argv=None):
         cfgs = [load_config([c, *overrides])[0] for c in args.config]
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    if "--out_dir" in overrides and len(args.config) * len(args.minutes) > 1 and not args.runs:
+    names_out_dir = any(o.split("=")[0] == "--out_dir" for o in overrides)  # --out_dir X or --out_dir=X
+    if names_out_dir and len(args.config) * len(args.minutes) > 1 and not args.runs:
         sys.exit("error: --out_dir names one run folder: give one --config and one --minutes with it")
     extra, max_features = [], 200_000
     if args.quick:  # everything small: proves the code path, says nothing about quality
