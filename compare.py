@@ -15,9 +15,11 @@ import os
 import sys
 import time
 import zipfile
+from dataclasses import fields
 
 import numpy as np
 
+from config import Config
 from data import LABELS
 from metrics import evaluate, weighted_f1s, weighted_label_aucs
 
@@ -71,7 +73,10 @@ def load_run(path):
                            f"labels {run['labels'].shape}, thresholds {run['thresholds'].shape})")
     if not np.isfinite(run["probs"]).all():
         raise CompareError(f"{npz_path}: probs has non-finite values")
-    key = {k: v for k, v in config.items() if k not in IGNORED_KEYS}
+    # A key added to Config after a run was trained is missing from its run.json; new keys default to
+    # the behaviour from before they existed, so the default is what that run trained with.
+    defaults = {f.name: f.default for f in fields(Config)}
+    key = {k: v for k, v in {**defaults, **config}.items() if k not in IGNORED_KEYS}
     # What the run actually trained with: a bf16 request can fall back to fp32, and world_size
     # multiplies the global batch, so runs that differ there are different experiments.
     key.update(precision_effective=meta.get("precision_effective"), world_size=meta.get("world_size"))

@@ -38,6 +38,7 @@ class Config:
     accum_steps: int = 1
     lr: float = 5e-5                # encoder peak learning rate
     head_lr: float = 5e-5           # the freshly initialised head can take a larger one
+    layer_lr_decay: float = 1.0     # < 1: each encoder layer takes this fraction of the lr of the one above
     weight_decay: float = 0.01
     warmup_steps: int = 100
     epochs: float = 1.0
@@ -78,6 +79,8 @@ def check_config(cfg, source):
             raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(cfg, key)}")
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"{source}: val_fraction must be in (0, 1), got {cfg.val_fraction}")
+    if not 0 < cfg.layer_lr_decay <= 1:
+        raise ConfigError(f"{source}: layer_lr_decay must be in (0, 1], got {cfg.layer_lr_decay}")
     if not 0 <= cfg.dropout < 1:
         raise ConfigError(f"{source}: dropout must be in [0, 1), got {cfg.dropout}")
     choices = {"pooling": POOLINGS, "precision": ("fp32", "bf16", "fp16"), "pos_weight": ("none", "sqrt"),

@@ -19,6 +19,7 @@ Aim failing mid-run only warns. A run a killed process left open is closed by th
 import json
 import math
 import os
+import re
 import resource
 import signal
 import sys
@@ -53,13 +54,27 @@ def get_lr(step, total_steps, warmup_steps):
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
+def layer_depth(name, num_layers):
+    """Depth of an encoder parameter: embeddings 0, transformer layer i -> i + 1, anything above -> top."""
+    if name.startswith("embeddings."):
+        return 0
+    found = re.search(r"(?:^|\.)layer\.(\d+)\.", name)
+    return int(found.group(1)) + 1 if found else num_layers + 1
+
+
 def make_optimizer(model, cfg, fused):
-    """AdamW; biases and LayerNorm weights (every 1-D tensor) get no weight decay."""
-    groups = []
-    for part, lr in ((model.encoder, cfg.lr), (model.head, cfg.head_lr)):
-        params = [p for p in part.parameters() if p.requires_grad]
-        groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "peak_lr": lr})
-        groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "peak_lr": lr})
+    """AdamW; no weight decay on 1-D tensors (biases, LayerNorm). The head takes head_lr, the encoder's
+    top layer lr, each layer below layer_lr_decay x the one above (general features move least)."""
+    num_layers = model.encoder.config.num_hidden_layers
+    parts = {}  # (part, peak lr) -> (decayed, undecayed); no layer decay: the 4 groups of old last.pt files
+    for name, p in model.encoder.named_parameters():
+        lr = cfg.lr * cfg.layer_lr_decay ** max(0, num_layers - layer_depth(name, num_layers))
+        parts.setdefault(("encoder", lr), ([], []))[p.ndim < 2].append(p)
+    for p in model.head.parameters():
+        parts.setdefault(("head", cfg.head_lr), ([], []))[p.ndim < 2].append(p)
+    groups = [{"params": [p for p in params if p.requires_grad], "weight_decay": wd, "peak_lr": lr}
+              for (_, lr), (decayed, undecayed) in parts.items()
+              for params, wd in ((decayed, cfg.weight_decay), (undecayed, 0.0)) if params]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
 
 

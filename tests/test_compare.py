@@ -209,6 +209,18 @@ def test_one_group_gives_the_per_group_table_only(tmp_path):
     assert (tmp_path / "out" / "pooling.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_a_key_added_after_a_run_counts_as_its_default(tmp_path):
+    old, new, other = synthetic_runs(tmp_path / "runs", d=(("cls", 1.0),), seeds=(0, 1, 2))
+    for path, extra in ((new, {"oversample": 1}), (other, {"oversample": 3})):  # old: no such key yet
+        with open(os.path.join(path, "run.json")) as f:
+            meta = json.load(f)
+        meta["config"].update(extra)
+        with open(os.path.join(path, "run.json"), "w") as f:
+            json.dump(meta, f)
+    text = compare.compare([old, new, other], str(tmp_path / "out"), 1000, 0)
+    assert "| A | oversample=1 | 0, 1 |" in text and "| B | oversample=3 | 2 |" in text
+
+
 def test_cli_refuses_runs_on_different_rows(tmp_path):
     a, b = synthetic_runs(tmp_path, n=100, seeds=(0,))
     with np.load(os.path.join(b, "val_predictions.npz")) as z:

@@ -39,6 +39,8 @@ def test_json_then_cli_overrides(tmp_path):
     ({"truncation": "tail"}, "truncation must be one of head, head_tail"),
     ({"eval_max_length": -1}, "eval_max_length must be >= 0"),
     ({"oversample": 0}, "oversample must be > 0"),
+    ({"layer_lr_decay": 0}, "layer_lr_decay must be in (0, 1]"),
+    ({"layer_lr_decay": 1.2}, "layer_lr_decay must be in (0, 1]"),
     ({"data_path": "nowhere/train.csv"}, "data_path 'nowhere/train.csv' does not exist"),
     ([1, 2], "expected a JSON object"),
 ])

@@ -57,6 +57,27 @@ def test_oversample_lengthens_the_epoch_by_the_repeated_rows(tiny_encoder, tmp_p
             "1004 samples per epoch") in r.stdout
 
 
+def test_layer_lr_decay_gives_each_layer_a_fraction_of_the_one_above(tiny_encoder):
+    from dataclasses import replace
+
+    from model import build_model
+    from train import make_optimizer
+
+    model = build_model(tiny_encoder, dropout=0.0)  # 2 layers
+    cfg, _ = load_config(["--data_path", os.path.join(ROOT, "data", "sample", "train.csv"), "--lr", "1e-4",
+                          "--head_lr", "1e-3", "--layer_lr_decay", "0.5"])
+    lr_of = {id(p): g["peak_lr"] for g in make_optimizer(model, cfg, fused=False).param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert len(lr_of) == len(names)  # every parameter in exactly one group
+    expected = {"encoder.embeddings.word_embeddings.weight": 2.5e-5, "encoder.encoder.layer.0.output.dense.weight": 5e-5,
+                "encoder.encoder.layer.1.output.dense.weight": 1e-4, "head.0.weight": 1e-3}
+    for name, lr in expected.items():
+        assert lr_of[id(names[name])] == pytest.approx(lr), name
+    flat = make_optimizer(model, replace(cfg, layer_lr_decay=1.0, head_lr=1e-4), fused=False).param_groups
+    # off: encoder and head, each with and without weight decay, as before the key existed (resumable)
+    assert [(g["peak_lr"], g["weight_decay"]) for g in flat] == [(1e-4, 0.01), (1e-4, 0.0)] * 2
+
+
 def test_killed_during_checkpoint_write_then_resumed_gives_the_same_weights(tiny_encoder, tmp_path):
     args = dict(max_steps=9, eval_every=3)
     ref = tmp_path / "ref"
