@@ -64,15 +64,21 @@ def layer_depth(name, num_layers):
 
 def make_optimizer(model, cfg, fused):
     """AdamW; no weight decay on 1-D tensors (biases, LayerNorm). The head takes head_lr, the encoder's
-    top layer lr, each layer below layer_lr_decay x the one above (general features move least)."""
+    top layer takes lr, and each layer below takes layer_lr_decay x the one above (general features move least)."""
     num_layers = model.encoder.config.num_hidden_layers
+    depths = {name: layer_depth(name, num_layers) for name, _ in model.encoder.named_parameters()}
+    if cfg.layer_lr_decay < 1 and not set(range(1, num_layers + 1)) <= set(depths.values()):
+        raise ConfigError(f"layer_lr_decay {cfg.layer_lr_decay}: the encoder's parameters are not named "
+                          f"'layer.N.' for its {num_layers} layers (a BERT-style encoder is needed)")
     parts = {}  # (part, peak lr) -> (decayed, undecayed); no layer decay: the 4 groups of old last.pt files
     for name, p in model.encoder.named_parameters():
-        lr = cfg.lr * cfg.layer_lr_decay ** max(0, num_layers - layer_depth(name, num_layers))
-        parts.setdefault(("encoder", lr), ([], []))[p.ndim < 2].append(p)
+        lr = cfg.lr * cfg.layer_lr_decay ** max(0, num_layers - depths[name])
+        if p.requires_grad:
+            parts.setdefault(("encoder", lr), ([], []))[p.ndim < 2].append(p)
     for p in model.head.parameters():
-        parts.setdefault(("head", cfg.head_lr), ([], []))[p.ndim < 2].append(p)
-    groups = [{"params": [p for p in params if p.requires_grad], "weight_decay": wd, "peak_lr": lr}
+        if p.requires_grad:
+            parts.setdefault(("head", cfg.head_lr), ([], []))[p.ndim < 2].append(p)
+    groups = [{"params": params, "weight_decay": wd, "peak_lr": lr}
               for (_, lr), (decayed, undecayed) in parts.items()
               for params, wd in ((decayed, cfg.weight_decay), (undecayed, 0.0)) if params]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)

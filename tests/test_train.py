@@ -74,7 +74,11 @@ def test_layer_lr_decay_gives_each_layer_a_fraction_of_the_one_above(tiny_encode
     for name, lr in expected.items():
         assert lr_of[id(names[name])] == pytest.approx(lr), name
     flat = make_optimizer(model, replace(cfg, layer_lr_decay=1.0, head_lr=1e-4), fused=False).param_groups
-    # off: encoder and head, each with and without weight decay, as before the key existed (resumable)
+    # off: encoder and head, each with and without weight decay, holding the same tensors in the same
+    # order as before the key existed, so an older last.pt's optimizer state still loads
+    before = [[p for p in part.parameters() if (p.ndim < 2) == small] for part in (model.encoder, model.head)
+              for small in (False, True)]
+    assert [[id(p) for p in g["params"]] for g in flat] == [[id(p) for p in ps] for ps in before]
     assert [(g["peak_lr"], g["weight_decay"]) for g in flat] == [(1e-4, 0.01), (1e-4, 0.0)] * 2
 
 
