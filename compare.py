@@ -28,6 +28,9 @@ from metrics import evaluate, weighted_f1s, weighted_label_aucs
 # steps can become best.pt; seed is what the replicates vary.
 IGNORED_KEYS = ("seed", "out_dir", "aim", "aim_repo", "cache_dir", "log_every", "eval_every", "device",
                 "eval_batch_size", "dist_timeout_s")
+# A key added to Config after a run was trained is missing from its run.json; new keys default to the
+# behaviour from before they existed, so the default is what that run trained with.
+CONFIG_DEFAULTS = {f.name: f.default for f in fields(Config)}
 NPZ_KEYS = ("ids", "rows", "probs", "labels", "thresholds", "label_names")
 CHUNK = 250  # resamples per block: (250, N) float64 weights stay ~9 MB at N = 4,400
 MIN_RESAMPLES = 1000  # fewer leave the 2.5% tails resting on a couple dozen draws
@@ -73,10 +76,7 @@ def load_run(path):
                            f"labels {run['labels'].shape}, thresholds {run['thresholds'].shape})")
     if not np.isfinite(run["probs"]).all():
         raise CompareError(f"{npz_path}: probs has non-finite values")
-    # A key added to Config after a run was trained is missing from its run.json; new keys default to
-    # the behaviour from before they existed, so the default is what that run trained with.
-    defaults = {f.name: f.default for f in fields(Config)}
-    key = {k: v for k, v in {**defaults, **config}.items() if k not in IGNORED_KEYS}
+    key = {k: v for k, v in {**CONFIG_DEFAULTS, **config}.items() if k not in IGNORED_KEYS}
     # What the run actually trained with: a bf16 request can fall back to fp32, and world_size
     # multiplies the global batch, so runs that differ there are different experiments.
     key.update(precision_effective=meta.get("precision_effective"), world_size=meta.get("world_size"))

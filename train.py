@@ -19,7 +19,6 @@ Aim failing mid-run only warns. A run a killed process left open is closed by th
 import json
 import math
 import os
-import re
 import resource
 import signal
 import sys
@@ -36,6 +35,7 @@ from distributed import any_rank, from_rank0, init_distributed
 from data import LABELS, DataError, epoch_order, oversample_rare, pad_batch, read_csv, split_indices, tokenize
 from metrics import format_metrics
 from config import ConfigError, load_config
+from optim import get_lr, make_optimizer, pos_weights
 from model import (CheckpointError, build_model, load_checkpoint, load_resumable, model_config, resolve_encoder,
                    restore_training, save_checkpoint)
 from tracking import TrackingError, make_tracker, prepare_repo
@@ -44,44 +44,7 @@ from validation import run_eval, save_predictions
 CHECKPOINT_VERSION = 1
 
 # ----------------------------------------------------------------------------
-# pure helpers: schedule, optimizer, precision
-
-
-def get_lr(step, total_steps, warmup_steps):
-    """Multiplier on the peak lr: linear warmup, then linear decay to 0 at total_steps."""
-    if step < warmup_steps:
-        return (step + 1) / (warmup_steps + 1)
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-
-def layer_depth(name, num_layers):
-    """Depth of an encoder parameter: embeddings 0, transformer layer i -> i + 1, anything above -> top."""
-    if name.startswith("embeddings."):
-        return 0
-    found = re.search(r"(?:^|\.)layer\.(\d+)\.", name)
-    return int(found.group(1)) + 1 if found else num_layers + 1
-
-
-def make_optimizer(model, cfg, fused):
-    """AdamW; no weight decay on 1-D tensors (biases, LayerNorm). The head takes head_lr, the encoder's
-    top layer takes lr, and each layer below takes layer_lr_decay x the one above (general features move least)."""
-    num_layers = model.encoder.config.num_hidden_layers
-    depths = {name: layer_depth(name, num_layers) for name, _ in model.encoder.named_parameters()}
-    if cfg.layer_lr_decay < 1 and not set(range(1, num_layers + 1)) <= set(depths.values()):
-        raise ConfigError(f"layer_lr_decay {cfg.layer_lr_decay}: the encoder's parameters are not named "
-                          f"'layer.N.' for its {num_layers} layers (a BERT-style encoder is needed)")
-    parts = {}  # (part, peak lr) -> (decayed, undecayed); no layer decay: the 4 groups of old last.pt files
-    for name, p in model.encoder.named_parameters():
-        lr = cfg.lr * cfg.layer_lr_decay ** max(0, num_layers - depths[name])
-        if p.requires_grad:
-            parts.setdefault(("encoder", lr), ([], []))[p.ndim < 2].append(p)
-    for p in model.head.parameters():
-        if p.requires_grad:
-            parts.setdefault(("head", cfg.head_lr), ([], []))[p.ndim < 2].append(p)
-    groups = [{"params": params, "weight_decay": wd, "peak_lr": lr}
-              for (_, lr), (decayed, undecayed) in parts.items()
-              for params, wd in ((decayed, cfg.weight_decay), (undecayed, 0.0)) if params]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
+# pure helpers: precision, memory
 
 
 def resolve_precision(requested, device):
@@ -93,14 +56,6 @@ def resolve_precision(requested, device):
             print(f"warning: bf16 is not supported on this {device.type}; training in fp32 instead")
             return "fp32"
     return requested
-
-
-def pos_weights(labels, mode, cap):
-    """Per-label BCE weight on positives: sqrt(neg/pos) capped, so rare labels are not drowned."""
-    if mode == "none":
-        return torch.ones(labels.shape[1])
-    pos = labels.sum(0).clip(min=1)
-    return torch.tensor(np.minimum(np.sqrt((len(labels) - pos) / pos), cap), dtype=torch.float32)
 
 
 def limit_heap_growth():

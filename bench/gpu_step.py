@@ -98,7 +98,8 @@ def run_variant(variant, encoder, device, args, params, peak):
 
     from config import Config
     from model import build_model
-    from train import make_optimizer, train_step
+    from optim import make_optimizer
+    from train import train_step
     name, precision, tf32, grouped, fused, compiled = variant
     cuda = device.type == "cuda"
 

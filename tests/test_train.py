@@ -61,7 +61,7 @@ def test_layer_lr_decay_gives_each_layer_a_fraction_of_the_one_above(tiny_encode
     from dataclasses import replace
 
     from model import build_model
-    from train import make_optimizer
+    from optim import make_optimizer
 
     model = build_model(tiny_encoder, dropout=0.0)  # 2 layers
     cfg, _ = load_config(["--data_path", os.path.join(ROOT, "data", "sample", "train.csv"), "--lr", "1e-4",
