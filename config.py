@@ -47,6 +47,7 @@ class Config:
     grad_clip: float = 1.0
     pos_weight: str = "none"        # "sqrt": BCE pos_weight = sqrt(neg/pos), capped
     pos_weight_cap: float = 10.0
+    ema_decay: float = 0.0          # > 0: validate and save a moving average of the weights (e.g. 0.998)
     oversample: int = 1             # rows with a rare positive (severe_toxic, threat, identity_hate) per epoch
     max_bad_steps: int = 5          # consecutive non-finite steps before giving up
     precision: str = "fp32"         # "fp32", "bf16" or "fp16"
@@ -81,6 +82,8 @@ def check_config(cfg, source):
         raise ConfigError(f"{source}: val_fraction must be in (0, 1), got {cfg.val_fraction}")
     if not 0 < cfg.layer_lr_decay <= 1:
         raise ConfigError(f"{source}: layer_lr_decay must be in (0, 1], got {cfg.layer_lr_decay}")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ConfigError(f"{source}: ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if not 0 <= cfg.dropout < 1:
         raise ConfigError(f"{source}: dropout must be in [0, 1), got {cfg.dropout}")
     choices = {"pooling": POOLINGS, "precision": ("fp32", "bf16", "fp16"), "pos_weight": ("none", "sqrt"),

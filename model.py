@@ -73,12 +73,14 @@ def model_config(model, encoder_name, dropout):
 
 
 def model_from_checkpoint(ckpt):
-    """Rebuild from a checkpoint dict alone (architecture from its config, weights from its state)."""
+    """Rebuild from a checkpoint dict alone (architecture from its config, weights from its state). The weights
+    are the validated ones, which its metrics and thresholds describe: from a last.pt trained with ema_decay,
+    the average."""
     mc = ckpt["model_config"]
     enc_cfg = dict(mc["encoder_config"])
     encoder = AutoModel.from_config(AutoConfig.for_model(**enc_cfg))
     model = ToxicClassifier(_drop_pooler(encoder), mc["pooling"], mc["dropout"], mc["num_labels"])
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt["ema"] if "ema" in ckpt else ckpt["model"])
     return model.eval()
 
 
@@ -110,12 +112,15 @@ def load_resumable(path):
     return ckpt
 
 
-def restore_training(ckpt, path, model, optimizer, scaler):
-    """Load a load_resumable() checkpoint into the model, optimizer and GradScaler; one-line errors."""
+def restore_training(ckpt, path, model, optimizer, scaler, ema_model=None):
+    """Load a load_resumable() checkpoint into the model, optimizer, GradScaler and (ema_decay > 0) the
+    weights' moving average; one-line errors."""
     try:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
+        if ema_model is not None:  # a last.pt from before ema_decay was on: the average starts from the weights
+            ema_model.load_state_dict(ckpt["ema"] if "ema" in ckpt else ckpt["model"])
     except (RuntimeError, ValueError, KeyError) as e:  # another encoder, head or optimizer layout
         detail = " ".join(str(e).split())[:300] or type(e).__name__  # torch's message spans lines
         raise CheckpointError(f"{path}: does not fit this model and config ({detail})") from None

@@ -1,9 +1,11 @@
-"""What the optimiser does: the learning-rate schedule, AdamW's parameter groups, the loss weights.
+"""What the optimiser does: the learning-rate schedule, AdamW's parameter groups, the loss weights, and the
+moving average of the weights.
 
-    from optim import get_lr, make_optimizer, pos_weights
+    from optim import get_lr, make_optimizer, pos_weights, update_ema
     optimizer = make_optimizer(model, cfg, fused=False)   # groups carry "peak_lr"; train.py scales it
     for g in optimizer.param_groups: g["lr"] = g["peak_lr"] * get_lr(step, total_steps, cfg.warmup_steps)
-Pure functions of their arguments, so they are tested without training.
+    update_ema(ema_model, model, cfg.ema_decay, step)   # after each optimizer step
+Functions of their arguments alone (update_ema changes ema_model in place), so they are tested without training.
 """
 import re
 
@@ -56,3 +58,14 @@ def pos_weights(labels, mode, cap):
         return torch.ones(labels.shape[1])
     pos = labels.sum(0).clip(min=1)
     return torch.tensor(np.minimum(np.sqrt((len(labels) - pos) / pos), cap), dtype=torch.float32)
+
+
+@torch.no_grad()
+def update_ema(ema_model, model, decay, step):
+    """ema <- d * ema + (1 - d) * weights, d = min(decay, (1 + step) / (10 + step)). The ramp forgets the early,
+    barely trained weights: until it reaches `decay` (step 4,490 for 0.998) the average's mean age is a tenth of
+    the steps so far, most of its weight on the last quarter; after that it spans about 1 / (1 - decay) steps.
+    Buffers (position ids) are constants and are not averaged."""
+    d = min(decay, (1 + step) / (10 + step))
+    for averaged, current in zip(ema_model.parameters(), model.parameters(), strict=True):
+        averaged.lerp_(current, 1 - d)

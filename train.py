@@ -16,6 +16,7 @@ non-finite loss counts); 4 a write failed, e.g. disk full: training stops, the p
 intact; 130/143 Ctrl-C/SIGTERM: last.pt written, the Aim run closed (130 too while starting up).
 Aim failing mid-run only warns. A run a killed process left open is closed by the next start.
 """
+import copy
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from distributed import any_rank, from_rank0, init_distributed
 from data import LABELS, DataError, epoch_order, oversample_rare, pad_batch, read_csv, split_indices, tokenize
 from metrics import format_metrics
 from config import ConfigError, load_config
-from optim import get_lr, make_optimizer, pos_weights
+from optim import get_lr, make_optimizer, pos_weights, update_ema
 from model import (CheckpointError, build_model, load_checkpoint, load_resumable, model_config, resolve_encoder,
                    restore_training, save_checkpoint)
 from tracking import TrackingError, make_tracker, prepare_repo
@@ -96,8 +97,10 @@ def train_step(model, raw_model, batches, optimizer, scaler, autocast, pos_weigh
     norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip or math.inf)
     stepped = not (skip_nonfinite and not torch.isfinite(norm))
     if stepped:
+        scale = scaler.get_scale()
         scaler.step(optimizer)
         scaler.update()
+        stepped = scaler.get_scale() >= scale  # fp16: the GradScaler lowers its scale when it skips a step
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, stepped, real, padded
 
@@ -189,6 +192,9 @@ def train(cfg, resume=False):
     raw_model = build_model(cfg.encoder, cfg.pooling, cfg.dropout).to(device)
     mcfg = model_config(raw_model, cfg.encoder, cfg.dropout)
     optimizer = make_optimizer(raw_model, cfg, fused=device.type == "cuda")
+    # With ema_decay, a moving average of the weights is what is validated and saved as best.pt.
+    ema_model = copy.deepcopy(raw_model).requires_grad_(False) if cfg.ema_decay else None
+    eval_model = ema_model if ema_model is not None else raw_model
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = (nullcontext() if precision == "fp32" else
                 torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16))
@@ -196,7 +202,7 @@ def train(cfg, resume=False):
     os.makedirs(cfg.out_dir, exist_ok=True)
     state = {"step": 0, "samples_seen": 0, "best_auc": -math.inf, "train_seconds": 0.0, "aim_hash": None}
     if resume:
-        restore_training(ckpt, last_path, raw_model, optimizer, scaler)
+        restore_training(ckpt, last_path, raw_model, optimizer, scaler, ema_model)
         state.update(ckpt["state"])
         changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["config"].items() if getattr(cfg, k, v) != v}
         log(f"resumed from {last_path} at step {state['step']}" + (f"; config changes {changed}" if changed else ""))
@@ -217,11 +223,16 @@ def train(cfg, resume=False):
     def save(path, step, metrics, thresholds, with_state):
         if not master:
             return
-        ckpt = {"version": CHECKPOINT_VERSION, "model": raw_model.state_dict(), "model_config": mcfg,
+        # last.pt resumes from the trained weights (and the average, which its metrics describe);
+        # best.pt holds only the validated ones
+        weights = (raw_model if with_state else eval_model).state_dict()
+        ckpt = {"version": CHECKPOINT_VERSION, "model": weights, "model_config": mcfg,
                 "config": asdict(cfg), "step": step, "metrics": metrics,
                 "thresholds": [float(t) for t in thresholds]}
         if with_state:
             ckpt.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), state=dict(state))
+            if ema_model is not None:
+                ckpt["ema"] = ema_model.state_dict()
         try:
             save_checkpoint(ckpt, path)
         except OSError as e:  # disk full: stop now rather than train on with nothing to resume from
@@ -263,7 +274,7 @@ def train(cfg, resume=False):
             state.update(step=step, train_seconds=elapsed)
 
             if step > first_step and (step % cfg.eval_every == 0 or done):
-                metrics, probs, thresholds = run_eval(raw_model, val_seqs, val_idx, ds.labels, cfg, device,
+                metrics, probs, thresholds = run_eval(eval_model, val_seqs, val_idx, ds.labels, cfg, device,
                                                       autocast, rank, world)
                 last_metrics = metrics
                 for k, v in metrics.items():
@@ -291,6 +302,8 @@ def train(cfg, resume=False):
             torch.manual_seed(hash((cfg.seed, rank, step)) % 2**63)
             loss, stepped, real, padded = train_step(model, raw_model, batches, optimizer, scaler, autocast, pos_weight,
                                                      cfg.accum_steps, cfg.grad_clip, skip_nonfinite=precision != "fp16")
+            if stepped and ema_model is not None:
+                update_ema(ema_model, raw_model, cfg.ema_decay, step)
             bad = not stepped  # fp32, bf16: from the all-reduced gradient norm, the same on every rank
             if precision == "fp16":  # its GradScaler skips overflows itself (routine while the scale settles);
                 # a non-finite loss is no overflow a smaller scale can fix, so that counts as bad.

@@ -41,6 +41,8 @@ def test_json_then_cli_overrides(tmp_path):
     ({"oversample": 0}, "oversample must be > 0"),
     ({"layer_lr_decay": 0}, "layer_lr_decay must be in (0, 1]"),
     ({"layer_lr_decay": 1.2}, "layer_lr_decay must be in (0, 1]"),
+    ({"ema_decay": 1.0}, "ema_decay must be in [0, 1)"),
+    ({"ema_decay": -0.1}, "ema_decay must be in [0, 1)"),
     ({"data_path": "nowhere/train.csv"}, "data_path 'nowhere/train.csv' does not exist"),
     ([1, 2], "expected a JSON object"),
 ])

@@ -215,10 +215,15 @@ def test_persistent_nan_stops_with_exit_3_keeping_the_good_checkpoint(tiny_encod
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_a_single_nan_step_is_skipped_and_training_goes_on(tiny_encoder, tmp_path, monkeypatch, capsys, precision):
-    """fp16: the GradScaler skips it (and lowers its scale); otherwise train_step skips it."""
+    """fp16: the GradScaler skips it (and lowers its scale); otherwise train_step skips it. Either way the
+    moving average of the weights skips it too."""
     _poison(monkeypatch, {1})
+    averaged_at, update_ema = [], train.update_ema
+    monkeypatch.setattr(train, "update_ema", lambda ema, model, decay, step: (averaged_at.append(step),
+                                                                              update_ema(ema, model, decay, step)))
     out = tmp_path / "run"
-    _train(tiny_args(tiny_encoder, out, precision=precision))
+    _train(tiny_args(tiny_encoder, out, precision=precision, ema_decay=0.9))
+    assert 1 not in averaged_at and (precision == "fp16" or averaged_at == [0, 2, 3, 4, 5])
     assert "warning: step 1: non-finite loss or gradient, step skipped (1/5)" in capsys.readouterr().out
     ckpt = load_checkpoint(str(out / "last.pt"))
     assert ckpt["step"] == 6 and all(torch.isfinite(v).all() for v in ckpt["model"].values())

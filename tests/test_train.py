@@ -12,7 +12,7 @@ import pytest
 
 from config import load_config
 from conftest import ROOT, SHARED_TRAIN, run_train, tiny_args
-from model import load_checkpoint
+from model import load_checkpoint, model_from_checkpoint
 
 
 def _weights(path):
@@ -82,8 +82,48 @@ def test_layer_lr_decay_gives_each_layer_a_fraction_of_the_one_above(tiny_encode
     assert [(g["peak_lr"], g["weight_decay"]) for g in flat] == [(1e-4, 0.01), (1e-4, 0.0)] * 2
 
 
-def test_killed_during_checkpoint_write_then_resumed_gives_the_same_weights(tiny_encoder, tmp_path):
-    args = dict(max_steps=9, eval_every=3)
+def test_update_ema_ramps_its_decay_then_holds_it():
+    import torch
+
+    from optim import update_ema
+
+    ema, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.fill_(1.0)
+        for p in model.parameters():
+            p.fill_(0.0)
+    update_ema(ema, model, 0.998, step=0)  # d = 1/10: the first steps are mostly forgotten
+    assert ema.weight.tolist() == [[pytest.approx(0.1)] * 2] and ema.bias.item() == pytest.approx(0.1)
+    update_ema(ema, model, 0.998, step=90)  # still on the ramp: d = 91/100
+    assert ema.bias.item() == pytest.approx(0.1 * 0.91)
+    update_ema(ema, model, 0.998, step=10_000)  # the ramp (10001/10010) is past 0.998: d = 0.998
+    assert ema.bias.item() == pytest.approx(0.1 * 0.91 * 0.998)
+
+
+def test_ema_is_what_best_pt_holds_and_last_pt_keeps_both(tiny_encoder, tmp_path):
+    out = tmp_path / "run"
+    r = run_train(tiny_args(tiny_encoder, out, max_steps=4, eval_every=4, ema_decay=0.9))
+    assert r.returncode == 0, r.stderr[-2000:]
+    best, last = load_checkpoint(str(out / "best.pt")), load_checkpoint(str(out / "last.pt"))
+    assert _max_diff(best["model"], last["ema"]) == 0  # the average was validated and saved
+    assert _max_diff(last["model"], last["ema"]) > 0 and "ema" not in best
+    # rebuilt from last.pt (export.py --checkpoint), a model carries the weights its metrics describe
+    assert _max_diff(model_from_checkpoint(last).state_dict(), last["ema"]) == 0
+
+
+def test_ema_switched_on_at_resume_starts_from_the_trained_weights(tiny_encoder, tmp_path):
+    out = tmp_path / "run"
+    assert run_train(tiny_args(tiny_encoder, out, max_steps=3, eval_every=3)).returncode == 0
+    r = run_train(tiny_args(tiny_encoder, out, max_steps=4, eval_every=3, ema_decay=0.9) + ["--resume"])
+    assert r.returncode == 0 and "'ema_decay': (0.0, 0.9)" in r.stdout, r.stderr[-2000:]
+    last = load_checkpoint(str(out / "last.pt"))  # one update at step 3, d = 4/13, from the step-3 weights
+    assert last["step"] == 4 and _max_diff(last["model"], last["ema"]) > 0
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_killed_during_checkpoint_write_then_resumed_gives_the_same_weights(tiny_encoder, tmp_path, ema_decay):
+    args = dict(max_steps=9, eval_every=3, ema_decay=ema_decay)
     ref = tmp_path / "ref"
     assert run_train(tiny_args(tiny_encoder, ref, **args)).returncode == 0
     out, flag = tmp_path / "killed", tmp_path / "paused"
@@ -101,6 +141,9 @@ def test_killed_during_checkpoint_write_then_resumed_gives_the_same_weights(tiny
     r = run_train(tiny_args(tiny_encoder, out, **args) + ["--resume"])
     assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-2000:]
     assert _max_diff(_weights(ref / "last.pt"), _weights(out / "last.pt")) <= 1e-6
+    if ema_decay:  # the moving average resumes where it was, too
+        ref_ema, out_ema = (load_checkpoint(str(d / "last.pt"))["ema"] for d in (ref, out))
+        assert _max_diff(ref_ema, out_ema) <= 1e-6
     assert load_checkpoint(str(ref / "best.pt"))["metrics"] == load_checkpoint(str(out / "best.pt"))["metrics"]
 
 
