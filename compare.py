@@ -22,6 +22,7 @@ import numpy as np
 from config import Config
 from data import LABELS
 from metrics import evaluate, weighted_f1s, weighted_label_aucs
+from tracking import held_by_live_process
 
 # Keys that say where and how often things are written or run, not what is learnt, so runs that
 # differ only there are replicates. eval_every is among them as agreed, though it changes which
@@ -280,6 +281,8 @@ def attach_to_aim(runs, png_path, out_dir):
         elif not repo or not os.path.isdir(os.path.join(repo, ".aim")):  # aim.Run would create a new repo there
             print(f"note: {r['path']}: aim repo {repo!r} not found (relative to the current folder); "
                   f"figure not attached", file=sys.stderr)
+        elif held_by_live_process(repo, r["aim_hash"]):  # opening it would drop a live training's lock
+            print(f"note: {r['path']}: its Aim run is open in a live training; figure not attached", file=sys.stderr)
         else:
             try:
                 import aim  # here: ~1.5 s that runs without Aim should not pay

@@ -6,6 +6,7 @@ Unknown keys, wrong types and impossible values raise ConfigError naming the key
 """
 import argparse
 import json
+import math
 import os
 from dataclasses import dataclass, fields
 
@@ -67,43 +68,54 @@ class ConfigError(ValueError):
     pass
 
 
-def check_config(cfg, source):
-    """Reject values that would fail later, or silently train nonsense."""
+def check_config(cfg, source, cli_keys=()):
+    """Reject values that would fail later, or silently train nonsense. The message names the flag for a
+    key given as --key, else the config file (source) and the key."""
+    def fail(key, why):
+        raise ConfigError(f"--{key} {why}" if key in cli_keys else f"{source}: {key} {why}")
+
+    for f in fields(cfg):  # JSON takes NaN and Infinity, and every comparison below passes NaN
+        if f.type is float and not math.isfinite(getattr(cfg, f.name)):
+            fail(f.name, f"must be a finite number, got {getattr(cfg, f.name)}")
     positive = ("batch_size", "accum_steps", "lr", "head_lr", "max_length", "eval_every",
-                "eval_batch_size", "log_every", "max_bad_steps", "dist_timeout_s", "oversample")
+                "eval_batch_size", "log_every", "max_bad_steps", "dist_timeout_s", "oversample", "pos_weight_cap")
     for key in positive:
         if getattr(cfg, key) <= 0:
-            raise ConfigError(f"{source}: {key} must be > 0, got {getattr(cfg, key)}")
+            fail(key, f"must be > 0, got {getattr(cfg, key)}")
     for key in ("eval_max_length", "weight_decay", "warmup_steps", "max_steps", "max_minutes", "grad_clip",
                 "epochs"):
         if getattr(cfg, key) < 0:
-            raise ConfigError(f"{source}: {key} must be >= 0, got {getattr(cfg, key)}")
+            fail(key, f"must be >= 0, got {getattr(cfg, key)}")
+    for key in ("max_length", "eval_max_length"):  # [CLS] and [SEP] take two: fewer than 3 leaves no text
+        if 0 < getattr(cfg, key) < 3:
+            fail(key, f"must be >= 3 ([CLS], [SEP] and some text), got {getattr(cfg, key)}")
     if not 0 < cfg.val_fraction < 1:
-        raise ConfigError(f"{source}: val_fraction must be in (0, 1), got {cfg.val_fraction}")
+        fail("val_fraction", f"must be in (0, 1), got {cfg.val_fraction}")
     if not 0 < cfg.layer_lr_decay <= 1:
-        raise ConfigError(f"{source}: layer_lr_decay must be in (0, 1], got {cfg.layer_lr_decay}")
+        fail("layer_lr_decay", f"must be in (0, 1], got {cfg.layer_lr_decay}")
     if not 0 <= cfg.ema_decay < 1:
-        raise ConfigError(f"{source}: ema_decay must be in [0, 1), got {cfg.ema_decay}")
+        fail("ema_decay", f"must be in [0, 1), got {cfg.ema_decay}")
     if not 0 <= cfg.dropout < 1:
-        raise ConfigError(f"{source}: dropout must be in [0, 1), got {cfg.dropout}")
+        fail("dropout", f"must be in [0, 1), got {cfg.dropout}")
     choices = {"pooling": POOLINGS, "precision": ("fp32", "bf16", "fp16"), "pos_weight": ("none", "sqrt"),
                "truncation": ("head", "head_tail")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
+            fail(key, f"must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
-        raise ConfigError(f"{source}: device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
-    if cfg.epochs == 0 and cfg.max_steps == 0 and cfg.max_minutes == 0:
-        raise ConfigError(f"{source}: set epochs, max_steps or max_minutes")
+        fail("device", f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    if cfg.epochs == 0 and cfg.max_steps == 0:  # the budget sizes the schedule within them, never alone
+        raise ConfigError(f"{source}: set epochs or max_steps (max_minutes can only shorten a run)")
     if not os.path.isfile(cfg.data_path):
-        raise ConfigError(f"{source}: data_path {cfg.data_path!r} does not exist (see README: Data)")
+        fail("data_path", f"{cfg.data_path!r} does not exist (see README: Data)")
 
 
 def _convert(where, value, typ, from_cli=False):
     """JSON value or CLI string -> the field's type. bool is never taken for a number."""
     if from_cli and typ is not str:
         try:
-            value = {"true": True, "false": False}[value.lower()] if typ is bool else json.loads(value)
+            value = ({"true": True, "false": False}[value.lower()] if typ is bool
+                     else float(value) if typ is float else json.loads(value))  # float: .5 and 1e-4 alike
         except (KeyError, ValueError):
             raise ConfigError(f"{where} expects {typ.__name__}, got {value!r}") from None
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
@@ -141,7 +153,7 @@ def load_config(argv=None):
         if getattr(args, key) is not None:
             values[key] = _convert(f"--{key}", getattr(args, key), types[key], from_cli=True)
     cfg = Config(**values)
-    check_config(cfg, args.config or "config")
+    check_config(cfg, args.config or "config", cli_keys={k for k in types if getattr(args, k) is not None})
     return cfg, args.resume
 
 

@@ -56,6 +56,9 @@ def read_rows(path, required):
     reader = csv.reader(io.StringIO(text, newline=""))
     header = [h.strip() for h in next(reader)]
     missing = [c for c in required if c not in header]
+    twice = sorted({c for c in required if header.count(c) > 1})  # which copy is meant cannot be known
+    if twice:
+        raise DataError(f"{path}: row 1 (header): column(s) {', '.join(twice)} appear more than once")
     if missing:
         raise DataError(f"{path}: row 1 (header): missing column(s) {', '.join(missing)}; "
                         f"found {', '.join(header)}")

@@ -9,10 +9,18 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from config import ConfigError
+
 
 def init_distributed(cfg):
     """-> (rank, world_size, device). NCCL on CUDA, gloo on CPU, chosen automatically."""
     want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():  # else torch's assertion, as a traceback, at the first .to()
+        raise ConfigError(f"device {cfg.device!r}: no CUDA device here (this torch: {torch.__version__}); "
+                          f"use --device cpu or auto")
+    index = cfg.device.partition(":")[2]
+    if index and not (index.isdigit() and int(index) < torch.cuda.device_count()):
+        raise ConfigError(f"device {cfg.device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if "RANK" not in os.environ:
         return 0, 1, torch.device(cfg.device if cfg.device != "auto" else ("cuda" if want_cuda else "cpu"))
     local_rank = int(os.environ["LOCAL_RANK"])

@@ -17,8 +17,10 @@ Writes into the output folder (replaced as a whole, and only once every check ha
   export.json      format_version, labels, max_length (the config's eval_max_length if set: the
                    window predict.py scores), pooling, encoder, per-label thresholds, the
                    checkpoint's step and validation metrics, the model files, parity figures.
-Parity: onnxruntime and PyTorch score the same padded batch of varied-length comments; the export
-fails (exit 2, nothing published) when the fp32 max abs difference exceeds 1e-4.
+Parity: onnxruntime and PyTorch score the padded batch of varied-length comments the graph was
+traced on, and a second one of another batch size and length (the short comments alone); the export
+fails (exit 2, nothing published) when the fp32 max abs difference on either exceeds 1e-4. A
+checkpoint with no validation metrics, or a last.pt with training state, is exported with a warning.
 """
 import argparse
 import json
@@ -36,13 +38,14 @@ CONFIGS = {False: "configs/base.json", True: "configs/average.json"}
 PARITY_TOL = 1e-4
 OPSET = 17  # the first opset with LayerNormalization as one op
 # sdpa (the transformers default) traces correctly with a padding mask: the exported graph matches
-# PyTorch on other batch sizes, lengths and paddings than the trace's (checked on every export, and
-# eager attention was checked too). Set "eager" here if a future transformers breaks that.
+# PyTorch on other batch sizes, lengths and paddings than the trace's (every export checks a second
+# batch, and eager attention was checked too). Set "eager" here if a future transformers breaks that.
 ATTN_IMPLEMENTATION = "sdpa"
 # Varied lengths and scripts; the joined ones make long rows (several windows), so the batch pads.
 PARITY_TEXTS = ["", "you are an idiot", "Thanks for fixing the citation, it reads much better now.",
                 "I will find where you live 🙂🙂", "Привет, мир! 世界你好 مرحبا",
                 "STOP VANDALISING THIS PAGE!!!", 'Too long; maybe split it into "History" and "Today"?']
+N_SHORT = len(PARITY_TEXTS)  # the second parity batch: these alone, fewer and shorter rows than the trace's
 PARITY_TEXTS += [" ".join(PARITY_TEXTS * k) for k in (2, 5, 20)]
 
 
@@ -125,6 +128,50 @@ def onnx_probs(path, ids, mask):
     return sess.run(["probs"], {"input_ids": ids, "attention_mask": mask})[0]
 
 
+def parity_batches(tok, serve_length, prefix, suffix, pad_id):
+    """Two padded batches of PARITY_TEXTS' windows -> [(ids, mask)], (B,T) int64: every window (traced
+    on), then the short texts' windows alone, in reverse order: fewer rows, shorter, the longest unpadded."""
+    import numpy as np
+    seqs = encode_texts(tok, PARITY_TEXTS)
+    windows = make_windows(seqs, serve_length - len(prefix) - len(suffix))
+    short = np.flatnonzero(windows[0] < N_SHORT)[::-1]
+    return [window_batch(seqs, windows, idx, prefix, suffix, pad_id) for idx in (np.arange(len(windows[0])), short)]
+
+
+def check_parity(wrapper, path, batches, ckpt_path, out):
+    """fp32 onnxruntime against PyTorch on every batch -> (onnxruntime's probs on the first, max abs diff)."""
+    import numpy as np
+    import torch
+    got, diffs = [], []
+    for ids, mask in batches:
+        with torch.no_grad():
+            ref = wrapper(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()  # (B,6)
+        got.append(onnx_probs(path, ids, mask))
+        diffs.append(np.abs(got[-1] - ref).max())
+    diff = float(np.max(diffs))  # numpy's max keeps a nan, which the check below refuses
+    shapes = " and ".join(f"{ids.shape[0]}x{ids.shape[1]}" for ids, _ in batches)
+    print(f"fp32 parity: max abs diff {diff:.2e} (onnxruntime vs PyTorch on batches of {shapes} windows x tokens, "
+          f"tolerance {PARITY_TOL:g})")
+    if not diff <= PARITY_TOL:  # also catches nan
+        raise ExportError(f"{ckpt_path}: ONNX and PyTorch disagree by {diff:.2e} > {PARITY_TOL:g}; "
+                          f"nothing written to {out} (try ATTN_IMPLEMENTATION = 'eager' in export.py)")
+    return got[0], diff
+
+
+def checkpoint_warnings(ckpt, path):
+    """What export.json will say about this checkpoint that its user may not expect -> one line each."""
+    out = []
+    if not ckpt["metrics"]:
+        out.append(f"warning: {path}: no validation metrics (written before any evaluation); "
+                   f"the thresholds are the 0.5 defaults")
+    elif "thresholds" not in ckpt:
+        out.append(f"warning: {path}: no tuned thresholds; using 0.5 for every label")
+    if "optimizer" in ckpt:  # last.pt: weights of its last step, metrics of its last evaluation
+        out.append(f"warning: {path}: a last.pt with training state: its metrics and thresholds come from "
+                   f"its last evaluation, which may be older than its weights (best.pt holds validated ones)")
+    return out
+
+
 def quantize_int8(src, dst):
     """Dynamic quantization: int8 weights, activations quantized at run time, embeddings too (4x smaller).
 
@@ -170,8 +217,8 @@ def export(ckpt_path, out, quantize=None):
     # the windows predict.py scores: as long as validation saw, where the thresholds were tuned
     serve_length = cfg.get("eval_max_length") or cfg["max_length"]
     thresholds = ckpt.get("thresholds") or [0.5] * len(LABELS)
-    if "thresholds" not in ckpt:
-        print(f"warning: {ckpt_path}: no tuned thresholds; using 0.5 for every label", file=sys.stderr)
+    for line in checkpoint_warnings(ckpt, ckpt_path):
+        print(line, file=sys.stderr)
     model = model_from_checkpoint(ckpt)
     model.encoder.set_attn_implementation(ATTN_IMPLEMENTATION)
     wrapper = make_wrapper(model)
@@ -184,10 +231,9 @@ def export(ckpt_path, out, quantize=None):
     try:
         prefix, suffix, pad_id = save_tokenizer(cfg["encoder"], os.path.join(tmp, "tokenizer.json"))
         from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(os.path.join(tmp, "tokenizer.json"))
-        seqs = encode_texts(tok, PARITY_TEXTS)
-        windows = make_windows(seqs, serve_length - len(prefix) - len(suffix))
-        ids, mask = window_batch(seqs, windows, np.arange(len(windows[0])), prefix, suffix, pad_id)
+        batches = parity_batches(Tokenizer.from_file(os.path.join(tmp, "tokenizer.json")), serve_length,
+                                 prefix, suffix, pad_id)
+        ids, mask = batches[0]  # traced on
         print(f"parity batch: {ids.shape[0]} windows of {mask.sum(1).min()}..{ids.shape[1]} tokens")
 
         fp32 = os.path.join(tmp, "model.onnx")
@@ -202,15 +248,10 @@ def export(ckpt_path, out, quantize=None):
                                             "attention_mask": {0: "batch", 1: "sequence"}, "probs": {0: "batch"}},
                               opset_version=OPSET, dynamo=False)
         onnx.checker.check_model(fp32)
-        with torch.no_grad():
-            ref = wrapper(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()  # (B,6)
-        got = onnx_probs(fp32, ids, mask)
-        diff = float(np.abs(got - ref).max())
-        print(f"fp32 parity: max abs diff {diff:.2e} (onnxruntime vs PyTorch, tolerance {PARITY_TOL:g})")
-        if not diff <= PARITY_TOL:  # also catches nan
-            raise ExportError(f"{ckpt_path}: ONNX and PyTorch disagree by {diff:.2e} > {PARITY_TOL:g}; "
-                              f"nothing written to {out} (try ATTN_IMPLEMENTATION = 'eager' in export.py)")
-        models, parity = {"fp32": "model.onnx"}, {"fp32_max_abs_diff": diff, "windows": int(ids.shape[0])}
+        got, diff = check_parity(wrapper, fp32, batches, ckpt_path, out)
+        models = {"fp32": "model.onnx"}
+        parity = {"fp32_max_abs_diff": diff, "windows": int(ids.shape[0]),
+                  "batches": [list(map(int, b.shape)) for b, _ in batches]}
 
         if quantize == "int8":
             int8 = os.path.join(tmp, "model.int8.onnx")

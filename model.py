@@ -113,11 +113,16 @@ def load_resumable(path):
 
 
 def restore_training(ckpt, path, model, optimizer, scaler, ema_model=None):
-    """Load a load_resumable() checkpoint into the model, optimizer, GradScaler and (ema_decay > 0) the
-    weights' moving average; one-line errors."""
+    """Load a load_resumable() checkpoint into the model, optimizer (its moments and step counts; the
+    learning rates and weight decay stay the config's), GradScaler and (ema_decay > 0) the weights' moving
+    average; one-line errors."""
+    # The config's learning rates and weight decay, not the checkpoint's: a changed --lr at resume takes effect.
+    hyper = [(g["peak_lr"], g["weight_decay"]) for g in optimizer.param_groups]
     try:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        for g, (peak_lr, weight_decay) in zip(optimizer.param_groups, hyper, strict=True):
+            g["peak_lr"], g["weight_decay"] = peak_lr, weight_decay
         scaler.load_state_dict(ckpt["scaler"])
         if ema_model is not None:  # a last.pt from before ema_decay was on: the average starts from the weights
             ema_model.load_state_dict(ckpt["ema"] if "ema" in ckpt else ckpt["model"])

@@ -239,6 +239,15 @@ def valid_unicode(s):
             return t, t.count("\ufffd") - s.count("\ufffd")
 
 
+def unique_ids(pairs, name):
+    """(where, id) pairs -> the ids. They name a submission's rows: a repeated one is refused."""
+    first = {}
+    for where, rid in pairs:
+        if first.setdefault(rid, where) != where:
+            raise PredictError(f"{name}: {where}: duplicate id {rid!r} (first at {first[rid]})")
+    return [rid for _, rid in pairs]
+
+
 def read_jsonl(text, name):
     ids, texts, bad = [], [], 0
     for n, line in enumerate(text.split("\n"), 1):
@@ -254,10 +263,10 @@ def read_jsonl(text, name):
             raise PredictError(f"{name}: line {n}: expected an object with a string 'text' or 'comment_text'")
         t, b = valid_unicode(t)
         bad += b
-        ids.append(str(obj["id"]) if obj.get("id") is not None else str(len(texts)))
+        ids.append((f"line {n}", str(obj["id"]) if obj.get("id") is not None else str(len(texts))))  # or its index
         texts.append(t)
     warn_replaced(bad, name, "unpaired surrogate escape(s)")
-    return ids, texts
+    return unique_ids(ids, name), texts
 
 
 def read_inputs(comments, path):
@@ -275,10 +284,11 @@ def read_inputs(comments, path):
     name, ext = ("stdin" if path == "-" else path), os.path.splitext(path)[1].lower()
     if ext == ".csv":
         with redirect_stdout(sys.stderr):  # read_rows warns on stdout, which here is our output
-            rows = [row for _, row in read_rows(path, ("comment_text",))]
+            rows = list(read_rows(path, ("comment_text",)))  # (where, row) pairs
         if not rows:
             raise PredictError(f"{path}: header only, no comments")
-        return ([r["id"] for r in rows] if "id" in rows[0] else None), [r["comment_text"] for r in rows]
+        ids = unique_ids([(w, r["id"]) for w, r in rows], path) if "id" in rows[0][1] else None
+        return ids, [r["comment_text"] for _, r in rows]
     text, bad = decode(sys.stdin.buffer.read()) if path == "-" else read_text(path)
     warn_replaced(bad, name)
     if not text.strip():

@@ -51,7 +51,7 @@ CHECKPOINT_VERSION = 1
 def resolve_precision(requested, device):
     """bf16 where the hardware has it, else fp32 with a warning (configs stay portable)."""
     if requested == "bf16":
-        supported = (torch.cuda.is_bf16_supported() if device.type == "cuda"
+        supported = (torch.cuda.is_bf16_supported(including_emulation=False) if device.type == "cuda"
                      else torch.ops.mkldnn._is_mkldnn_bf16_supported())
         if not supported:
             print(f"warning: bf16 is not supported on this {device.type}; training in fp32 instead")
@@ -133,6 +133,12 @@ def train(cfg, resume=False):
         raise CheckpointError(f"{last_path}: no checkpoint to resume from (the first is written at step "
                               f"eval_every); start again without --resume")
     ckpt = load_resumable(last_path) if resume else None
+    if resume:
+        seen, steps = ckpt["state"]["samples_seen"], ckpt["state"]["step"]
+        if seen != steps * gmb * cfg.accum_steps:  # ranks may change, the samples per step may not
+            raise ConfigError(f"{last_path}: trained with {seen // max(1, steps)} samples per step, this config "
+                              f"gives {gmb * cfg.accum_steps} (batch_size x accum_steps x ranks): its data order "
+                              f"and schedule would not continue")
     run_json = os.path.join(cfg.out_dir, "run.json")
     if cfg.aim and master:
         prepare_repo(cfg.aim_repo, run_json, ckpt["state"].get("aim_hash") if resume else None)
@@ -143,12 +149,16 @@ def train(cfg, resume=False):
         train_idx, val_idx = split_indices(ds.labels, cfg.val_fraction, cfg.split_seed)
     except DataError as e:  # the split cannot know which file it splits
         raise DataError(f"{cfg.data_path}: {e}") from None
-    reach = AutoConfig.from_pretrained(resolve_encoder(cfg.encoder)).max_position_embeddings
+    try:
+        reach = AutoConfig.from_pretrained(resolve_encoder(cfg.encoder)).max_position_embeddings
+        tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(cfg.encoder)).backend_tokenizer
+    except (OSError, ValueError) as e:  # a typo, or a hub name not cached on an offline machine
+        raise ConfigError(f"encoder {cfg.encoder!r}: cannot load it ({str(e).splitlines()[0] if str(e) else e!r}); "
+                          f"give a local folder or a name in the Hugging Face cache") from None
     eval_length = cfg.eval_max_length or cfg.max_length
     if max(cfg.max_length, eval_length) > reach:  # found now, not as an index error mid-run
         raise ConfigError(f"max_length {cfg.max_length}, eval_max_length {cfg.eval_max_length}: "
                           f"{cfg.encoder} has position embeddings for {reach} tokens")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(cfg.encoder)).backend_tokenizer
     cache = os.path.join(cfg.cache_dir, "tokens")
     seqs = tokenize(tokenizer, ds.texts, cfg.max_length, cache, cfg.truncation)
     # Validation may see more of each comment than training did: a model trained on 128 tokens ranks
@@ -200,7 +210,8 @@ def train(cfg, resume=False):
                 torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16))
     pos_weight = pos_weights(ds.labels[train_idx], cfg.pos_weight, cfg.pos_weight_cap).to(device)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    state = {"step": 0, "samples_seen": 0, "best_auc": -math.inf, "train_seconds": 0.0, "aim_hash": None}
+    state = {"step": 0, "samples_seen": 0, "best_auc": -math.inf, "train_seconds": 0.0, "aim_hash": None,
+             "step_seconds": 0.0, "step_count": 0}  # the step time sizes a budget's schedule, resumed too
     if resume:
         restore_training(ckpt, last_path, raw_model, optimizer, scaler, ema_model)
         state.update(ckpt["state"])
@@ -251,7 +262,7 @@ def train(cfg, resume=False):
     step, first_step = state["step"], state["step"]
     budget = cfg.max_minutes * 60
     t_start = time.time() - state["train_seconds"]
-    step_seconds, step_count, bad_steps = 0.0, 0, 0
+    bad_steps = 0
     loss_sum, tokens_real, tokens_padded, t_log = torch.zeros((), device=device), 0, 0, time.time()
     stats = {"step_seconds": [], "step_real_tokens": [], "step_padded_tokens": []}  # for benchmarks
     last_metrics, last_thresholds = None, np.full(len(LABELS), 0.5)
@@ -262,8 +273,9 @@ def train(cfg, resume=False):
         while True:
             elapsed = time.time() - t_start
             horizon = total_steps
-            if budget and step_count >= 5:  # steps that fit in the remaining time, from the mean step time
-                horizon = min(total_steps, step + int((budget - elapsed) / (step_seconds / step_count)))
+            if budget and state["step_count"] >= 5:  # steps that fit in the remaining time, from the mean step time
+                mean_step = state["step_seconds"] / state["step_count"]
+                horizon = min(total_steps, step + int((budget - elapsed) / mean_step))
             stop, out_of_time, horizon = from_rank0(
                 [float(bool(stop_signal)), float(bool(budget) and elapsed >= budget), float(horizon)], world, device)
             horizon = int(horizon)
@@ -319,8 +331,8 @@ def train(cfg, resume=False):
                                           f"The last good checkpoints are kept in {cfg.out_dir}", 3)
             step += 1
             state["samples_seen"] += gmb * cfg.accum_steps
-            step_seconds += time.time() - t0
-            step_count += 1
+            state["step_seconds"] += time.time() - t0
+            state["step_count"] += 1
             stats["step_seconds"].append(time.time() - t0)
             stats["step_real_tokens"].append(real)
             stats["step_padded_tokens"].append(padded)
@@ -347,7 +359,7 @@ def train(cfg, resume=False):
     best = load_checkpoint(best_path)["metrics"] if master and os.path.exists(best_path) else last_metrics
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     log(f"done: {step} steps, {state['samples_seen']} samples in {(time.time() - t_start) / 60:.1f} min, "
-        f"peak RSS {peak_mb:.0f} MB; best {format_metrics(best)}")
+        f"peak RSS {peak_mb:.0f} MB; " + (f"best {format_metrics(best)}" if best else "no evaluation yet"))
     return {"best": best, "last": last_metrics, "steps": step, "samples_seen": state["samples_seen"],
             "train_seconds": state["train_seconds"], "precision": precision, "peak_rss_mb": peak_mb, **stats}
 

@@ -93,6 +93,8 @@ def run(argv=None):
     p.add_argument("--checkpoint", help="a checkpoint written by train.py (default runs/mini/best.pt)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per command, after 1 warm-up (default 5)")
     args = p.parse_args(argv)
+    if args.runs < 1:  # the median of no runs
+        raise BenchError(f"--runs must be >= 1, got {args.runs}")
     if args.quick:
         args.runs = 1
     if args.checkpoint or not args.quick:

@@ -159,6 +159,8 @@ def run(argv=None):
     p.add_argument("--steps", type=int, default=30, help="measured optimizer steps per variant (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="steps run first, compilation included (default 5)")
     args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:  # every figure is per measured step
+        raise BenchError("--steps and --batch_size must be >= 1, and --warmup >= 0")
     import torch
     if args.quick:
         args.batch_size, args.max_length, args.steps, args.warmup = 4, 64, 2, 1

@@ -134,6 +134,8 @@ def run(argv=None):
     p.add_argument("--rows", type=int, default=2000, help="validation rows scored at batch 32 (default 2000)")
     p.add_argument("--batch1_rows", type=int, default=300, help="of those, scored at batch 1 (default 300)")
     args = p.parse_args(argv)
+    if args.rows < 1 or args.batch1_rows < 1:  # every figure is per row
+        raise BenchError(f"--rows and --batch1_rows must be >= 1, got {args.rows} and {args.batch1_rows}")
     data = SAMPLE if args.quick else SHARED_TRAIN
     if args.checkpoint or not args.quick:  # the checkpoint first: it is what a user names on the command line
         require_checkpoint(args.checkpoint or os.path.join(ROOT, "runs", "mini", "best.pt"))

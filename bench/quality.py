@@ -15,18 +15,23 @@ same validation predictions, for both sides alike. Each model's margin over TF-I
 95% paired-bootstrap interval over the validation rows (both scored on the same resampled rows), so
 a target missed or met by less than the noise of 4,400 rows says so. --runs scores run folders that
 train.py already wrote (their val_predictions.npz, on the same split). Prints one Markdown table;
-writes JSON to --out.
+writes JSON to --out (default runs/quality/quality.json, beside the run folders; the figures the
+README quotes are committed in bench/results/, so name a file there only to replace them on purpose).
+Every config, with --data and each --minutes, is checked before anything trains; bad input (a flag,
+the data, a run folder) prints one line naming it and exits 2.
 """
 import argparse
 import json
+import math
 import os
+import shutil
 import sys
 import tempfile
 import time
 import zipfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, BenchError, main_guard, tiny_encoder  # noqa: E402  (puts ROOT on sys.path)
 
 import numpy as np  # noqa: E402
 
@@ -67,14 +72,14 @@ def load_predictions(path, val_idx, val_labels):
     """A finished run's val_predictions.npz (path: the file or its run folder), checked against the split."""
     f = path if path.endswith(".npz") else os.path.join(path, "val_predictions.npz")
     if not os.path.isfile(f):
-        sys.exit(f"error: {f}: no such file (train.py writes it at each evaluation)")
+        raise BenchError(f"{f}: no such file (train.py writes it at each evaluation)")
     try:  # dict of the arrays, so a truncated or foreign file fails here, once, in one line
         with np.load(f) as npz:
             z = {k: npz[k] for k in ("rows", "labels", "probs", "thresholds")}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        sys.exit(f"error: {f}: not a readable val_predictions.npz ({e})")
+        raise BenchError(f"{f}: not a readable val_predictions.npz ({e})") from None
     if not (np.array_equal(z["rows"], val_idx) and np.array_equal(z["labels"], val_labels)):
-        sys.exit(f"error: {f}: its validation rows are not this split's (check --data, val_fraction, split_seed)")
+        raise BenchError(f"{f}: its validation rows are not this split's (check --data, val_fraction, split_seed)")
     return z
 
 
@@ -90,17 +95,47 @@ def margin_intervals(z, base_probs, base_thresholds, resamples=RESAMPLES, seed=0
     return {k: percentile_interval(draws["model"][k] - draws["tfidf"][k]) for k in ("aucroc_macro", "macro_f1_tuned")}
 
 
+def run_budget(run_json):
+    """max_minutes from a run.json -> minutes, or 0 where it names none. It only labels the row, so a
+    run.json from a train.py older than the key is shown without a budget, with a warning."""
+    if not os.path.isfile(run_json):
+        return 0
+    try:
+        with open(run_json) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise BenchError(f"{run_json}: unreadable ({e})") from None
+    cfg = meta.get("config") if isinstance(meta, dict) else None
+    minutes = cfg.get("max_minutes") if isinstance(cfg, dict) else None
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)):
+        print(f"warning: {run_json}: no config.max_minutes; the run's budget is shown as '-'", file=sys.stderr)
+        return 0
+    return minutes
+
+
 def finished_run(path, val_idx, val_labels):
     """A --runs row: metrics from the run's predictions; budget from its run.json where there is one."""
     folder = os.path.dirname(path) if path.endswith(".npz") else path
     z = load_predictions(path, val_idx, val_labels)
-    run_json = os.path.join(folder, "run.json")
-    minutes = 0
-    if os.path.isfile(run_json):
-        with open(run_json) as f:
-            minutes = json.load(f)["config"]["max_minutes"]
+    minutes = run_budget(os.path.join(folder, "run.json"))
     return {"name": os.path.basename(os.path.normpath(folder)), "minutes": minutes or None, "train_seconds": None,
             "samples_seen": None, "out_dir": folder, "metrics": evaluate(z["probs"], z["labels"], z["thresholds"])}, z
+
+
+def run_argv(config, minutes, data, out_root, extra):
+    """train.py's arguments for one budgeted run: the early check and the training build the same config."""
+    name = os.path.splitext(os.path.basename(config))[0]
+    out_dir = os.path.join(out_root, f"{name}-{minutes:g}min")  # the default: an --out_dir in extra wins
+    return [config, "--data_path", data, "--max_minutes", str(minutes), "--epochs", "1000",
+            "--warmup_steps", str(max(1, round(3 * minutes))), "--eval_every", str(10**9), "--out_dir", out_dir,
+            *extra]
+
+
+def check_configs(configs, minutes_list, data, out_root, overrides):
+    """Every config as training will build it (--data, each budget, the overrides) -> the first one:
+    a bad key, value or budget fails now, not after TF-IDF+LR has trained."""
+    from config import load_config
+    return [load_config(run_argv(c, m, data, out_root, overrides))[0] for c in configs for m in minutes_list][0]
 
 
 def train_for(config, minutes, data, out_root, extra):
@@ -109,10 +144,7 @@ def train_for(config, minutes, data, out_root, extra):
     from train import train
 
     name = os.path.splitext(os.path.basename(config))[0]
-    out_dir = os.path.join(out_root, f"{name}-{minutes:g}min")  # the default: an --out_dir in extra wins
-    cfg, _ = load_config([config, "--data_path", data, "--max_minutes", str(minutes), "--epochs", "1000",
-                          "--warmup_steps", str(max(1, round(3 * minutes))), "--eval_every", str(10**9),
-                          "--out_dir", out_dir, *extra])
+    cfg, _ = load_config(run_argv(config, minutes, data, out_root, extra))
     result = train(cfg)
     return {"name": name, "minutes": minutes, "train_seconds": result["train_seconds"],
             "samples_seen": result["samples_seen"], "steps": result["steps"], "out_dir": cfg.out_dir,
@@ -166,40 +198,63 @@ def verdict(rows):
     return "\n".join(out)
 
 
-def main(argv=None):
+def default_out(quick):
+    """Beside the run folders, in git-ignored runs/: bench/results/ holds the figures the README quotes."""
+    return os.path.join(ROOT, "runs", "quality", "quality.quick.json" if quick else "quality.json")
+
+
+def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, nargs="+", default=[60.0])
     p.add_argument("--config", nargs="+", default=[os.path.join(ROOT, "configs", "mini.json")])
     p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "jigsaw", "train.csv"))
-    p.add_argument("--out", help="JSON results (default bench/results/quality.json; a temp file with --quick)")
+    p.add_argument("--out", help="JSON results (default runs/quality/quality.json; quality.quick.json with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny random model on the sample data (CI)")
     p.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="score these finished train.py runs (folders "
                    "or val_predictions.npz) against TF-IDF+LR instead of training; --config gives the split")
-    args, overrides = p.parse_known_args(argv)  # the rest override every config, as in train.py
-    from config import ConfigError, load_config
-    try:  # a bad key or value fails now, not after the baseline has trained
-        cfgs = [load_config([c, *overrides])[0] for c in args.config]
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
-    names_out_dir = any(o.split("=")[0] == "--out_dir" for o in overrides)  # --out_dir X or --out_dir=X
-    if names_out_dir and len(args.config) * len(args.minutes) > 1 and not args.runs:
-        sys.exit("error: --out_dir names one run folder: give one --config and one --minutes with it")
-    extra, max_features = [], 200_000
+    return p.parse_known_args(argv)  # the rest override every config, as in train.py
+
+
+def names(overrides, key):
+    return any(o.split("=")[0] == f"--{key}" for o in overrides)  # --key X or --key=X
+
+
+def check_flags(args, overrides):
+    """What the flags alone can tell, before any file is read."""
+    if not all(math.isfinite(m) and m > 0 for m in args.minutes):  # 0 would mean no budget: 1000 epochs
+        raise BenchError(f"--minutes must be > 0, got {' '.join(f'{m:g}' for m in args.minutes)}")
+    for key, flag in (("data_path", "--data"), ("max_minutes", "--minutes")):
+        if names(overrides, key):  # TF-IDF+LR and the split read --data; the schedule is sized to --minutes
+            raise BenchError(f"--{key}: give it as {flag} here (TF-IDF+LR and every run share it)")
+    if names(overrides, "out_dir") and len(args.config) * len(args.minutes) > 1 and not args.runs:
+        raise BenchError("--out_dir names one run folder: give one --config and one --minutes with it")
+
+
+def run(argv=None):
+    """Flags, data and configs checked first; --quick's tiny encoder and runs live in a folder removed at the end."""
+    args, overrides = parse(argv)
+    max_features = 200_000
     if args.quick:  # everything small: proves the code path, says nothing about quality
-        sys.path.insert(0, os.path.join(ROOT, "tests"))
-        from conftest import make_tiny_encoder
-        tmp = tempfile.mkdtemp()
         args.data, args.minutes, max_features = os.path.join(ROOT, "data", "sample", "train.csv"), [0.05], 5000
         args.config = [os.path.join(ROOT, "configs", "mini.json")]
-        extra = ["--encoder", make_tiny_encoder(os.path.join(tmp, "tiny")), "--aim", "false",
-                 "--cache_dir", os.path.join(tmp, "cache")]
-        out_root, args.out = os.path.join(tmp, "runs"), args.out or os.path.join(tmp, "quality.json")
-    else:
-        out_root, args.out = os.path.join(ROOT, "runs", "quality"), args.out or os.path.join(ROOT, "bench", "results", "quality.json")
+    check_flags(args, overrides)
     if not os.path.isfile(args.data):
-        sys.exit(f"error: {args.data}: no such file (the real data; see README: Data)")
-    extra += overrides
-    cfg0 = cfgs[0]  # the validation split comes from the first config
+        raise BenchError(f"{args.data}: no such file (the real data; see README: Data)")
+    out_root, args.out = os.path.join(ROOT, "runs", "quality"), args.out or default_out(args.quick)
+    cfg0 = check_configs(args.config, args.minutes, args.data, out_root, overrides)  # the split comes from it
+    if not args.quick:
+        return measure(args, overrides, overrides, out_root, cfg0, max_features)
+    tmp = tempfile.mkdtemp(prefix="quality-quick-")
+    try:  # the tiny encoder, its token cache and (without --out_dir) the run go with the folder
+        extra = ["--encoder", tiny_encoder(os.path.join(tmp, "tiny")), "--aim", "false",
+                 "--cache_dir", os.path.join(tmp, "cache"), *overrides]
+        measure(args, overrides, extra, os.path.join(tmp, "runs"), cfg0, max_features)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(args, overrides, extra, out_root, cfg0, max_features):
+    """TF-IDF+LR, then each trained (or --runs) model against it: the table, the verdicts, --out."""
     ds = read_csv(args.data)
     train_idx, val_idx = split_indices(ds.labels, cfg0.val_fraction, cfg0.split_seed)
     print(f"data {args.data}: {len(train_idx)} train / {len(val_idx)} val rows (split_seed {cfg0.split_seed})")
@@ -218,6 +273,10 @@ def main(argv=None):
     print("\n" + (f"config overrides: {' '.join(overrides)}\n\n" if overrides else "") + table(rows) + "\n\n" +
           verdict(rows))
     print(f"\nwrote {args.out}")
+
+
+def main(argv=None):
+    main_guard(run, argv)
 
 
 if __name__ == "__main__":

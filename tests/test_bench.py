@@ -3,13 +3,14 @@ subprocess and writes a well-formed Markdown table and JSON. Structure only: tim
 (DEVELOPERS.md), only what holds on any machine (padding, parity, one-line errors)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SAMPLE
 
 VERDICTS = {"met", "missed", "n/a", "reported"}
 
@@ -102,12 +103,17 @@ def test_missing_checkpoint_is_one_line(tmp_path):
 
 
 def test_quality_quick(tmp_path):
-    """TF-IDF+LR and one budgeted training run on the sample data: one table, one JSON row each."""
-    out = tmp_path / "quality.json"
+    """TF-IDF+LR and one budgeted training run on the sample data: one table, one JSON row each. Run from
+    another folder (the config's relative data_path must not matter), leaving no temporary folder."""
+    out, tmp = tmp_path / "quality.json", tmp_path / "tmp"
+    tmp.mkdir()
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality.py"), "--quick", "--out", str(out),
-                        "--weight_decay", "0.0"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                        "--weight_decay", "0.0", "--out_dir", str(tmp_path / "run")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp)})
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert "config overrides: --weight_decay 0.0" in r.stdout
+    # its tiny encoder and token cache went with its mkdtemp folder (torch's compile cache may stay)
+    assert not [f for f in os.listdir(tmp) if f.startswith("quality-quick-")], os.listdir(tmp)
+    assert f"config overrides: --weight_decay 0.0 --out_dir {tmp_path / 'run'}" in r.stdout
     (header, rows), = tables(r.stdout)
     assert [row[0] for row in rows] == ["TF-IDF+LR", "mini"] and header[2] == "mean AUC"
     data = json.load(open(out))
@@ -116,7 +122,7 @@ def test_quality_quick(tmp_path):
         assert 0 <= row["metrics"]["aucroc_macro"] <= 1 and row["samples_seen"] > 0
     assert data["rows"][1]["peak_rss_mb"] > 0
     assert r.stdout.count("mean AUC >= TF-IDF + 0.010: ") == 1  # the targets, checked for the model row
-    assert data["overrides"] == ["--weight_decay", "0.0"]
+    assert data["overrides"] == ["--weight_decay", "0.0", "--out_dir", str(tmp_path / "run")]
     run = json.load(open(os.path.join(data["rows"][1]["out_dir"], "run.json")))
     assert run["config"]["weight_decay"] == 0.0  # the override reached the training run
 
@@ -134,6 +140,76 @@ def test_quality_bad_override_is_one_line(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and r.stderr.strip().splitlines() == [
         "error: --out_dir names one run folder: give one --config and one --minutes with it"]
+
+
+def quality_error(args, cwd=ROOT):
+    """bench/quality.py failing -> its one stderr line (exit 2, no traceback)."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality.py"), *args], cwd=cwd,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    (line,) = r.stderr.strip().splitlines()
+    return line
+
+
+def test_quality_bad_inputs_are_one_line(tmp_path):
+    """Budgets that are no budget, a data file that is not Kaggle's and a data_path override fail in one
+    line before anything trains (no --out written)."""
+    out = str(tmp_path / "q.json")
+    assert quality_error(["--minutes", "0", "--out", out]) == "error: --minutes must be > 0, got 0"
+    assert quality_error(["--minutes", "15", "-1", "--out", out]) == "error: --minutes must be > 0, got 15 -1"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,comment_text\n1,hello\n")
+    line = quality_error(["--data", str(bad), "--minutes", "1", "--out", out])
+    assert line.startswith(f"error: {bad}: row 1 (header): missing column(s) toxic")
+    assert quality_error(["--data_path", str(bad), "--out", out]).startswith("error: --data_path: give it as --data")
+    assert not os.path.exists(out)
+
+
+def test_quality_checks_configs_with_data_and_minutes(tmp_path, tiny_run):
+    """The early check builds each config as training will, with --data and each --minutes: a config whose
+    own data_path is missing from here is fine with --data. --runs folders: a run.json without
+    config.max_minutes only loses its budget (a warning); an unreadable one is a one-line error."""
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"data_path": "no/such/train.csv", "dropout": 0.0}))
+    old = tmp_path / "old_run"
+    old.mkdir()
+    shutil.copy(tiny_run / "val_predictions.npz", old)
+    (old / "run.json").write_text(json.dumps({"config": {"pooling": "cls"}}))
+    out = tmp_path / "q.json"
+    args = ["--config", str(cfg), "--data", SAMPLE, "--minutes", "5", "10", "--out", str(out), "--runs"]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality.py"), *args, str(tiny_run), str(old)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"warning: {old / 'run.json'}: no config.max_minutes" in r.stderr
+    rows = json.load(open(out))["rows"]
+    assert [row["name"] for row in rows] == ["TF-IDF+LR", "tiny", "old_run"] and rows[2]["minutes"] is None
+    assert rows[1]["metrics"] == rows[2]["metrics"]
+    (old / "run.json").write_text("{not json")
+    line = quality_error([*args, str(old)], cwd=tmp_path)
+    assert line.startswith(f"error: {old / 'run.json'}: unreadable")
+
+
+def test_quality_default_out_is_not_a_committed_result():
+    """Without --out the JSON goes beside the run folders, in git-ignored runs/, never over bench/results/."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from quality import default_out
+
+    for quick in (False, True):
+        assert os.path.relpath(default_out(quick), ROOT).split(os.sep)[:2] == ["runs", "quality"]
+    assert "runs/" in open(os.path.join(ROOT, ".gitignore")).read().split()
+
+
+@pytest.mark.parametrize("name, args, flag", [("cold_start", ["--runs", "0"], "--runs"),
+                                              ("predict_speed", ["--rows", "0"], "--rows"),
+                                              ("predict_speed", ["--batch1_rows", "0"], "--batch1_rows"),
+                                              ("gpu_step", ["--steps", "0"], "--steps")])
+def test_bench_counts_below_one_are_one_line(tmp_path, name, args, flag):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", f"{name}.py"), *args, "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: ") and flag in line and ">= 1" in line
+    assert os.listdir(tmp_path) == []
 
 
 def test_margin_intervals_pair_the_rows():

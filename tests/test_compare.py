@@ -295,6 +295,25 @@ def test_figure_is_attached_to_the_aim_run(tmp_path):
     run.close()
 
 
+def test_aim_run_open_in_a_live_training_is_left_alone(tmp_path, capsys):
+    pytest.importorskip("aim")
+    repo = tmp_path / "aim"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, aim; r = aim.Run(repo=sys.argv[1]); "
+                               "print(r.hash, flush=True); time.sleep(300)", str(repo)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        run_hash = holder.stdout.readline().strip()
+        rng = np.random.default_rng(7)
+        labels = (rng.random((80, L)) < 0.3).astype(np.uint8)
+        path = write_run(tmp_path / "run", rng.random((80, L)), labels, 0, aim_hash=run_hash, aim_repo=str(repo))
+        compare.compare([path], str(tmp_path / "out"), 1000, 0)
+        assert "its Aim run is open in a live training; figure not attached" in capsys.readouterr().err
+        assert os.path.exists(repo / ".aim" / "locks" / f"{run_hash}.softlock")  # the live run keeps its lock
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_real_tiny_run_matches_its_checkpoint(tiny_run, tmp_path, capsys):
     """The one real run: compare.py reads train.py's files, and its metrics are the checkpoint's."""
     import torch

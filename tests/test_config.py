@@ -43,6 +43,12 @@ def test_json_then_cli_overrides(tmp_path):
     ({"layer_lr_decay": 1.2}, "layer_lr_decay must be in (0, 1]"),
     ({"ema_decay": 1.0}, "ema_decay must be in [0, 1)"),
     ({"ema_decay": -0.1}, "ema_decay must be in [0, 1)"),
+    ({"lr": float("nan")}, "lr must be a finite number, got nan"),  # json writes NaN, as a user might
+    ({"epochs": float("inf")}, "epochs must be a finite number, got inf"),
+    ({"pos_weight_cap": -5.0}, "pos_weight_cap must be > 0"),
+    ({"max_length": 2}, "max_length must be >= 3"),
+    ({"eval_max_length": 1}, "eval_max_length must be >= 3"),
+    ({"epochs": 0, "max_minutes": 5.0}, "set epochs or max_steps (max_minutes can only shorten a run)"),
     ({"data_path": "nowhere/train.csv"}, "data_path 'nowhere/train.csv' does not exist"),
     ([1, 2], "expected a JSON object"),
 ])
@@ -69,6 +75,17 @@ def test_bad_cli_value_and_unknown_flag(tmp_path):
         load_config([path, "--max_steps", "ten"])
     r = run_train([path, "--no_such_key", "1"])
     assert r.returncode == 2 and "unrecognized arguments: --no_such_key" in r.stderr
+
+
+def test_a_flag_is_named_as_the_flag_and_floats_parse_as_python_does(tmp_path):
+    path = _write(tmp_path, {"data_path": SAMPLE, "batch_size": 8})
+    with pytest.raises(ConfigError) as e:
+        load_config([path, "--grad_clip", "NaN"])
+    assert str(e.value) == "--grad_clip must be a finite number, got nan"
+    with pytest.raises(ConfigError) as e:  # the bad value came from the flag, not from the file
+        load_config([path, "--batch_size", "0"])
+    assert str(e.value) == "--batch_size must be > 0, got 0"
+    assert load_config([path, "--lr", ".5", "--head_lr", "1e-3"])[0].lr == 0.5  # JSON would refuse ".5"
 
 
 def test_missing_config_file():

@@ -52,6 +52,7 @@ def test_bad_rows_name_file_row_and_column(tmp_path, body, needle):
     ("id,text,toxic,severe_toxic,obscene,threat,insult,identity_hate\n1,a,0,0,0,0,0,0\n",
      "row 1 (header): missing column(s) comment_text"),
     ("id,comment_text,toxic\n1,a,0\n", "missing column(s) severe_toxic, obscene, threat, insult, identity_hate"),
+    (HEADER + ",toxic\n1,a,0,0,0,0,0,0,1\n", "row 1 (header): column(s) toxic appear more than once"),
 ])
 def test_bad_files(tmp_path, text, needle):
     with pytest.raises(DataError, match=None) as e:

@@ -81,6 +81,8 @@ def test_export_json_carries_what_predict_needs(export_dir, tiny_run):
     assert meta["models"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
     assert meta["prefix_ids"] == [101] and meta["suffix_ids"] == [102]  # BERT's [CLS] ... [SEP]
     assert meta["parity"]["fp32_max_abs_diff"] <= 1e-4
+    (b1, t1), (b2, t2) = meta["parity"]["batches"]  # traced on, and one of another size and length
+    assert b2 < b1 and t2 < t1 and meta["parity"]["windows"] == b1
 
 
 def test_predict_windows_are_as_long_as_validation_saw(tiny_run, tmp_path):
@@ -125,6 +127,43 @@ def test_failed_parity_publishes_nothing(tiny_run, tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "disagree" in err[0] and "Traceback" not in err[0]
     assert os.listdir(tmp_path) == []  # neither the folder nor its temporary twin
+
+
+def test_parity_is_checked_on_a_second_shape(tiny_run, tmp_path, monkeypatch, capsys):
+    """Besides the batch it was traced on, the graph is checked on one of another batch size and length,
+    one row unpadded and others padded: a graph wrong only there publishes nothing."""
+    real, seen = export.onnx_probs, []
+
+    def wrong_on_the_second(path, ids, mask):
+        seen.append(mask)
+        return real(path, ids, mask) + (0.5 if len(seen) == 2 else 0.0)
+    monkeypatch.setattr(export, "onnx_probs", wrong_on_the_second)
+    msg = one_line_error(capsys, ["--checkpoint", str(tiny_run / "best.pt"), "--out", str(tmp_path / "never")])
+    assert "ONNX and PyTorch disagree by 5.00e-01" in msg and "nothing written" in msg
+    assert os.listdir(tmp_path) == []
+    first, second = seen
+    assert second.shape[0] < first.shape[0] and second.shape[1] < first.shape[1]
+    assert second.all(1).any() and not second.all()
+
+
+def test_unvalidated_checkpoints_export_with_a_warning(tiny_run, tmp_path, capsys):
+    """A last.pt (training state: weights newer than its last evaluation) and one written before any
+    evaluation (no metrics, 0.5 thresholds) export all the same, with one warning line each; best.pt none."""
+    import torch
+
+    from model import save_checkpoint
+    last = torch.load(tiny_run / "last.pt", weights_only=True)
+    assert export.checkpoint_warnings(torch.load(tiny_run / "best.pt", weights_only=True), "best.pt") == []
+    save_checkpoint({**last, "metrics": {}, "thresholds": [0.5] * len(LABELS)}, str(tmp_path / "last.pt"))
+    for ckpt, n_warnings in ((tiny_run / "last.pt", 1), (tmp_path / "last.pt", 2)):
+        out = tmp_path / f"export{n_warnings}"
+        export.main(["--checkpoint", str(ckpt), "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == n_warnings and all(e.startswith(f"warning: {ckpt}: ") for e in err), err
+        assert "training state" in err[-1] and "last evaluation" in err[-1]
+        assert json.load(open(out / "export.json"))["checkpoint"]["step"] == last["step"]
+    assert "no validation metrics" in err[0] and "0.5" in err[0]
+    assert set(json.load(open(out / "export.json"))["thresholds"].values()) == {0.5}
 
 
 def one_line_error(capsys, argv):

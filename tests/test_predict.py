@@ -230,6 +230,10 @@ def test_binary_junk_on_stdin(export_dir):  # noqa: F811
     ("header.csv", "id,comment_text\n", [], "header only"),
     ("bad.jsonl", '{"text": "ok"}\n{"txt": "no"}\n', [], "line 2: expected an object"),
     ("broken.jsonl", '{"text": "ok"\n', [], "line 1: not valid JSON"),
+    ("dup.csv", "id,comment_text\na,x\nb,y\na,z\n", ["--out", "sub.csv"],
+     "dup.csv: row 4 (line 4): duplicate id 'a' (first at row 2 (line 2))"),
+    ("dup.jsonl", '{"id": 1, "text": "x"}\n\n{"text": "no id: its index, 1"}\n', ["--out", "sub.csv"],
+     "dup.jsonl: line 3: duplicate id '1' (first at line 1)"),
     (None, None, ["--file", "missing.txt"], "missing.txt: cannot read"),
     (None, None, ["--batch_size", "0", "x"], "--batch_size must be >= 1"),
     (None, None, ["--file", "x.txt", "also a comment"], "not both"),
@@ -239,9 +243,9 @@ def test_bad_input_is_one_line(export_dir, tmp_path, capsys, monkeypatch,  # noq
     monkeypatch.chdir(tmp_path)
     if name:
         (tmp_path / name).write_text(content)
-        argv = ["--file", name]
+        argv = ["--file", name, *argv]
     code, out, err = run_main(capsys, ["--model", export_dir[0], *argv])
-    assert code != 0 and out == ""
+    assert code != 0 and out == "" and not (tmp_path / "sub.csv").exists()
     assert err.strip().splitlines() == [err.strip()] and err.startswith("error: ") and expect in err, err
 
 

@@ -147,6 +147,36 @@ def test_killed_during_checkpoint_write_then_resumed_gives_the_same_weights(tiny
     assert load_checkpoint(str(ref / "best.pt"))["metrics"] == load_checkpoint(str(out / "best.pt"))["metrics"]
 
 
+def test_resume_takes_the_new_learning_rates_and_keeps_the_step_time(tiny_encoder, tmp_path):
+    out = tmp_path / "run"
+    assert run_train(tiny_args(tiny_encoder, out, max_steps=3, eval_every=3)).returncode == 0
+    r = run_train(tiny_args(tiny_encoder, out, max_steps=5, eval_every=3, lr=2e-4, head_lr=3e-4, weight_decay=0.1)
+                  + ["--resume"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = load_checkpoint(str(out / "last.pt"))
+    groups = last["optimizer"]["param_groups"]  # the optimizer's moments come back; its lrs are the config's
+    assert {g["peak_lr"] for g in groups} == {2e-4, 3e-4} and {g["weight_decay"] for g in groups} == {0.1, 0.0}
+    assert last["state"]["step_count"] == 5  # a budget's schedule is sized from all steps' time, not restarted
+
+
+def test_resume_with_other_samples_per_step_is_refused(tiny_encoder, tmp_path):
+    out = tmp_path / "run"
+    assert run_train(tiny_args(tiny_encoder, out, max_steps=3, eval_every=3)).returncode == 0
+    r = run_train(tiny_args(tiny_encoder, out, max_steps=5, batch_size=8) + ["--resume"])
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "trained with 16 samples per step, this config gives 8" in r.stderr
+
+
+def test_unloadable_encoder_or_device_is_one_line_exit_2(tiny_encoder, tmp_path):
+    r = run_train(tiny_args(tmp_path / "no_such_encoder", tmp_path / "run"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert f"encoder '{tmp_path / 'no_such_encoder'}': cannot load it" in r.stderr
+    import torch
+    if not torch.cuda.is_available():
+        r = run_train(tiny_args(tiny_encoder, tmp_path / "run", device="cuda"))
+        assert r.returncode == 2 and "device 'cuda': no CUDA device here" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_accumulation_equals_one_big_batch(tiny_encoder, tmp_path):
     from train import train
     results = {}
