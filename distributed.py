@@ -18,8 +18,8 @@ def init_distributed(cfg):
     if want_cuda and not torch.cuda.is_available():  # else torch's assertion, as a traceback, at the first .to()
         raise ConfigError(f"device {cfg.device!r}: no CUDA device here (this torch: {torch.__version__}); "
                           f"use --device cpu or auto")
-    index = cfg.device.partition(":")[2]
-    if index and not (index.isdigit() and int(index) < torch.cuda.device_count()):
+    index = cfg.device.partition(":")[2]  # digits: config.check_config saw to that
+    if index and int(index) >= torch.cuda.device_count():
         raise ConfigError(f"device {cfg.device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if "RANK" not in os.environ:
         return 0, 1, torch.device(cfg.device if cfg.device != "auto" else ("cuda" if want_cuda else "cpu"))

@@ -239,15 +239,6 @@ def valid_unicode(s):
             return t, t.count("\ufffd") - s.count("\ufffd")
 
 
-def unique_ids(pairs, name):
-    """(where, id) pairs -> the ids. They name a submission's rows: a repeated one is refused."""
-    first = {}
-    for where, rid in pairs:
-        if first.setdefault(rid, where) != where:
-            raise PredictError(f"{name}: {where}: duplicate id {rid!r} (first at {first[rid]})")
-    return [rid for _, rid in pairs]
-
-
 def read_jsonl(text, name):
     ids, texts, bad = [], [], 0
     for n, line in enumerate(text.split("\n"), 1):
@@ -263,10 +254,10 @@ def read_jsonl(text, name):
             raise PredictError(f"{name}: line {n}: expected an object with a string 'text' or 'comment_text'")
         t, b = valid_unicode(t)
         bad += b
-        ids.append((f"line {n}", str(obj["id"]) if obj.get("id") is not None else str(len(texts))))  # or its index
+        ids.append(str(obj["id"]) if obj.get("id") is not None else str(len(texts)))  # or its index
         texts.append(t)
     warn_replaced(bad, name, "unpaired surrogate escape(s)")
-    return unique_ids(ids, name), texts
+    return ids, texts
 
 
 def read_inputs(comments, path):
@@ -284,11 +275,10 @@ def read_inputs(comments, path):
     name, ext = ("stdin" if path == "-" else path), os.path.splitext(path)[1].lower()
     if ext == ".csv":
         with redirect_stdout(sys.stderr):  # read_rows warns on stdout, which here is our output
-            rows = list(read_rows(path, ("comment_text",)))  # (where, row) pairs
+            rows = [row for _, row in read_rows(path, ("comment_text",))]
         if not rows:
             raise PredictError(f"{path}: header only, no comments")
-        ids = unique_ids([(w, r["id"]) for w, r in rows], path) if "id" in rows[0][1] else None
-        return ids, [r["comment_text"] for _, r in rows]
+        return ([r["id"] for r in rows] if "id" in rows[0] else None), [r["comment_text"] for r in rows]
     text, bad = decode(sys.stdin.buffer.read()) if path == "-" else read_text(path)
     warn_replaced(bad, name)
     if not text.strip():
@@ -339,6 +329,16 @@ def print_json(model, ids, texts, probs):
         print(line)
 
 
+def submission_ids(ids, n, name):
+    """The id column (the index without ids): one row per id, so a repeated one is refused."""
+    first, ids = {}, ids or [str(i) for i in range(n)]
+    k = next((k for k, rid in enumerate(ids, 1) if first.setdefault(rid, k) != k), None)
+    if k:
+        raise PredictError(f"{name}: duplicate id {ids[k - 1]!r} (comments {first[ids[k - 1]]} and {k}); "
+                           f"a submission needs one row per id")
+    return ids
+
+
 def write_submission(path, ids, labels, probs):
     """Kaggle's format: id + one probability column per label. Written to a temporary file first."""
     import csv
@@ -377,11 +377,12 @@ def main(argv=None):
         model_dir = args.model or newest_export()
         read_meta(model_dir)  # a bad folder fails before a big input is read
         ids, texts = read_inputs(args.comments, args.file)
+        rows = submission_ids(ids, len(texts), args.file or "arguments") if args.out else None  # checked now
         model = load_model(model_dir, args.fp32)
         print(f"model: {model.path} ({model.kind}), {len(texts)} comment(s)", file=sys.stderr)
         probs = score(model, texts, args.batch_size)
         if args.out:
-            write_submission(args.out, ids or [str(i) for i in range(len(texts))], model.labels, probs)
+            write_submission(args.out, rows, model.labels, probs)
             print(f"wrote {len(texts)} rows to {args.out}", file=sys.stderr)
         if args.json:
             print_json(model, ids, texts, probs)

@@ -134,11 +134,20 @@ def train(cfg, resume=False):
                               f"eval_every); start again without --resume")
     ckpt = load_resumable(last_path) if resume else None
     if resume:
-        seen, steps = ckpt["state"]["samples_seen"], ckpt["state"]["step"]
+        seen, steps = ckpt["state"].get("samples_seen"), ckpt["state"].get("step")
+        if not (isinstance(seen, int) and isinstance(steps, int)):
+            raise CheckpointError(f"{last_path}: its loop state has no samples_seen and step; cannot resume from it")
         if seen != steps * gmb * cfg.accum_steps:  # ranks may change, the samples per step may not
-            raise ConfigError(f"{last_path}: trained with {seen // max(1, steps)} samples per step, this config "
-                              f"gives {gmb * cfg.accum_steps} (batch_size x accum_steps x ranks): its data order "
-                              f"and schedule would not continue")
+            per_step = seen // steps if steps and seen % steps == 0 else "a varying number of"
+            raise ConfigError(f"{last_path}: trained with {per_step} samples per step, this config gives "
+                              f"{gmb * cfg.accum_steps} (batch_size x accum_steps x ranks): its data order and "
+                              f"schedule would not continue")
+    try:  # before the data and the Aim repo: a bad name fails in a blink
+        reach = AutoConfig.from_pretrained(resolve_encoder(cfg.encoder)).max_position_embeddings
+        tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(cfg.encoder)).backend_tokenizer
+    except (OSError, ValueError) as e:  # a typo, or a hub name not cached on an offline machine
+        raise ConfigError(f"encoder {cfg.encoder!r}: cannot load it ({str(e).splitlines()[0] if str(e) else e!r}); "
+                          f"give a local folder or a name in the Hugging Face cache") from None
     run_json = os.path.join(cfg.out_dir, "run.json")
     if cfg.aim and master:
         prepare_repo(cfg.aim_repo, run_json, ckpt["state"].get("aim_hash") if resume else None)
@@ -149,12 +158,6 @@ def train(cfg, resume=False):
         train_idx, val_idx = split_indices(ds.labels, cfg.val_fraction, cfg.split_seed)
     except DataError as e:  # the split cannot know which file it splits
         raise DataError(f"{cfg.data_path}: {e}") from None
-    try:
-        reach = AutoConfig.from_pretrained(resolve_encoder(cfg.encoder)).max_position_embeddings
-        tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(cfg.encoder)).backend_tokenizer
-    except (OSError, ValueError) as e:  # a typo, or a hub name not cached on an offline machine
-        raise ConfigError(f"encoder {cfg.encoder!r}: cannot load it ({str(e).splitlines()[0] if str(e) else e!r}); "
-                          f"give a local folder or a name in the Hugging Face cache") from None
     eval_length = cfg.eval_max_length or cfg.max_length
     if max(cfg.max_length, eval_length) > reach:  # found now, not as an index error mid-run
         raise ConfigError(f"max_length {cfg.max_length}, eval_max_length {cfg.eval_max_length}: "
@@ -199,7 +202,10 @@ def train(cfg, resume=False):
 
     # --- model, optimizer, state
     torch.manual_seed(cfg.seed)
-    raw_model = build_model(cfg.encoder, cfg.pooling, cfg.dropout).to(device)
+    try:
+        raw_model = build_model(cfg.encoder, cfg.pooling, cfg.dropout).to(device)
+    except OSError as e:  # a config and tokenizer without weights
+        raise ConfigError(f"encoder {cfg.encoder!r}: cannot load its weights ({str(e).splitlines()[0]})") from None
     mcfg = model_config(raw_model, cfg.encoder, cfg.dropout)
     optimizer = make_optimizer(raw_model, cfg, fused=device.type == "cuda")
     # With ema_decay, a moving average of the weights is what is validated and saved as best.pt.
@@ -210,8 +216,10 @@ def train(cfg, resume=False):
                 torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16))
     pos_weight = pos_weights(ds.labels[train_idx], cfg.pos_weight, cfg.pos_weight_cap).to(device)
     os.makedirs(cfg.out_dir, exist_ok=True)
+    # horizon: the step a budget's schedule ends at, kept so a resume goes on with it until it has timed
+    # steps of its own (on another machine, the old step time would mislead)
     state = {"step": 0, "samples_seen": 0, "best_auc": -math.inf, "train_seconds": 0.0, "aim_hash": None,
-             "step_seconds": 0.0, "step_count": 0}  # the step time sizes a budget's schedule, resumed too
+             "horizon": None}
     if resume:
         restore_training(ckpt, last_path, raw_model, optimizer, scaler, ema_model)
         state.update(ckpt["state"])
@@ -262,7 +270,7 @@ def train(cfg, resume=False):
     step, first_step = state["step"], state["step"]
     budget = cfg.max_minutes * 60
     t_start = time.time() - state["train_seconds"]
-    bad_steps = 0
+    step_seconds, step_count, bad_steps = 0.0, 0, 0
     loss_sum, tokens_real, tokens_padded, t_log = torch.zeros((), device=device), 0, 0, time.time()
     stats = {"step_seconds": [], "step_real_tokens": [], "step_padded_tokens": []}  # for benchmarks
     last_metrics, last_thresholds = None, np.full(len(LABELS), 0.5)
@@ -273,12 +281,14 @@ def train(cfg, resume=False):
         while True:
             elapsed = time.time() - t_start
             horizon = total_steps
-            if budget and state["step_count"] >= 5:  # steps that fit in the remaining time, from the mean step time
-                mean_step = state["step_seconds"] / state["step_count"]
-                horizon = min(total_steps, step + int((budget - elapsed) / mean_step))
+            if budget:  # steps that fit in the remaining time, from this attempt's mean step time once it has 5
+                if step_count >= 5:
+                    horizon = min(total_steps, step + int((budget - elapsed) / (step_seconds / step_count)))
+                elif state["horizon"] is not None:  # resumed: the last attempt's estimate, not a jump to the end
+                    horizon = min(total_steps, state["horizon"])
             stop, out_of_time, horizon = from_rank0(
                 [float(bool(stop_signal)), float(bool(budget) and elapsed >= budget), float(horizon)], world, device)
-            horizon = int(horizon)
+            horizon = state["horizon"] = int(horizon)
             lr_mult = get_lr(step, horizon, cfg.warmup_steps)
             for g in optimizer.param_groups:
                 g["lr"] = g["peak_lr"] * lr_mult
@@ -331,8 +341,8 @@ def train(cfg, resume=False):
                                           f"The last good checkpoints are kept in {cfg.out_dir}", 3)
             step += 1
             state["samples_seen"] += gmb * cfg.accum_steps
-            state["step_seconds"] += time.time() - t0
-            state["step_count"] += 1
+            step_seconds += time.time() - t0
+            step_count += 1
             stats["step_seconds"].append(time.time() - t0)
             stats["step_real_tokens"].append(real)
             stats["step_padded_tokens"].append(padded)

@@ -283,7 +283,8 @@ def add_common_args(p):
 
 def main_guard(run, argv=None):
     """run(argv); BenchError and the project's own one-line errors (a bad checkpoint, data file or
-    config) print one line and exit 2, as train.py and export.py do."""
+    config) print one line and exit 2, as train.py and export.py do; a training stopped (signal,
+    non-finite steps, disk full) or interrupted exits with train.py's code, an unwritable file with 4."""
     from config import ConfigError
     from data import DataError
     from export import ExportError
@@ -294,7 +295,17 @@ def main_guard(run, argv=None):
         sys.exit(2)
     except RuntimeError as e:
         from model import CheckpointError  # imports torch: only once something went wrong
+        from train import TrainingStopped
+        if isinstance(e, TrainingStopped):  # Ctrl-C, SIGTERM, non-finite steps, disk full: train.py's codes
+            print(f"stopped: {e}", file=sys.stderr)
+            sys.exit(e.code)
         if not isinstance(e, CheckpointError):
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside a training (which handles its own): nothing half-written
+        print("stopped: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except OSError as e:  # a file that cannot be written or read: named, no traceback
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        sys.exit(4)

@@ -258,3 +258,22 @@ def test_quality_runs_rescores_a_finished_run(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(f"error: {missing}: not a readable val_predictions.npz")
+
+
+@pytest.mark.parametrize("kind, code, line", [
+    ("stopped", 143, "stopped: SIGTERM at step 7; last.pt written, continue with --resume"),
+    ("ctrl-c", 130, "stopped: interrupted"),
+    ("disk", 4, "error: out.json: No space left on device")])
+def test_a_stopped_training_in_a_benchmark_exits_as_train_py_does(capsys, kind, code, line):
+    """A 60-minute quality run stopped by SIGTERM says so in one line with train.py's code, no traceback."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from common import main_guard
+    from train import TrainingStopped
+    exc = {"stopped": TrainingStopped("SIGTERM at step 7; last.pt written, continue with --resume", 143),
+           "ctrl-c": KeyboardInterrupt(), "disk": OSError(28, "No space left on device", "out.json")}[kind]
+
+    def run(argv):
+        raise exc
+    with pytest.raises(SystemExit) as e:
+        main_guard(run)
+    assert e.value.code == code and capsys.readouterr().err == line + "\n"

@@ -48,7 +48,8 @@ def test_json_then_cli_overrides(tmp_path):
     ({"pos_weight_cap": -5.0}, "pos_weight_cap must be > 0"),
     ({"max_length": 2}, "max_length must be >= 3"),
     ({"eval_max_length": 1}, "eval_max_length must be >= 3"),
-    ({"epochs": 0, "max_minutes": 5.0}, "set epochs or max_steps (max_minutes can only shorten a run)"),
+    ({"epochs": 0, "max_minutes": 5.0}, "epochs and max_steps are both 0: set one (max_minutes can only shorten"),
+    ({"device": "cuda:"}, "device must be auto, cpu, cuda or cuda:N, got 'cuda:'"),
     ({"data_path": "nowhere/train.csv"}, "data_path 'nowhere/train.csv' does not exist"),
     ([1, 2], "expected a JSON object"),
 ])

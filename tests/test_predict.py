@@ -231,9 +231,9 @@ def test_binary_junk_on_stdin(export_dir):  # noqa: F811
     ("bad.jsonl", '{"text": "ok"}\n{"txt": "no"}\n', [], "line 2: expected an object"),
     ("broken.jsonl", '{"text": "ok"\n', [], "line 1: not valid JSON"),
     ("dup.csv", "id,comment_text\na,x\nb,y\na,z\n", ["--out", "sub.csv"],
-     "dup.csv: row 4 (line 4): duplicate id 'a' (first at row 2 (line 2))"),
-    ("dup.jsonl", '{"id": 1, "text": "x"}\n\n{"text": "no id: its index, 1"}\n', ["--out", "sub.csv"],
-     "dup.jsonl: line 3: duplicate id '1' (first at line 1)"),
+     "dup.csv: duplicate id 'a' (comments 1 and 3); a submission needs one row per id"),
+    ("dup.jsonl", '{"id": 7, "text": "x"}\n\n{"id": "7", "text": "y"}\n', ["--out", "sub.csv"],
+     "dup.jsonl: duplicate id '7' (comments 1 and 2)"),
     (None, None, ["--file", "missing.txt"], "missing.txt: cannot read"),
     (None, None, ["--batch_size", "0", "x"], "--batch_size must be >= 1"),
     (None, None, ["--file", "x.txt", "also a comment"], "not both"),
@@ -247,6 +247,13 @@ def test_bad_input_is_one_line(export_dir, tmp_path, capsys, monkeypatch,  # noq
     code, out, err = run_main(capsys, ["--model", export_dir[0], *argv])
     assert code != 0 and out == "" and not (tmp_path / "sub.csv").exists()
     assert err.strip().splitlines() == [err.strip()] and err.startswith("error: ") and expect in err, err
+
+
+def test_repeated_ids_are_fine_without_a_submission(export_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)  # several comments of one user, say: a table or JSON lines keep them all
+    (tmp_path / "dup.csv").write_text("id,comment_text\nu1,x\nu1,y\n")
+    code, out, err = run_main(capsys, ["--model", export_dir[0], "--json", "--file", "dup.csv"])
+    assert code in (0, None) and [json.loads(line)["id"] for line in out.splitlines()] == ["u1", "u1"], err
 
 
 def test_no_arguments_prints_usage():

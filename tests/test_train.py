@@ -147,7 +147,7 @@ def test_killed_during_checkpoint_write_then_resumed_gives_the_same_weights(tiny
     assert load_checkpoint(str(ref / "best.pt"))["metrics"] == load_checkpoint(str(out / "best.pt"))["metrics"]
 
 
-def test_resume_takes_the_new_learning_rates_and_keeps_the_step_time(tiny_encoder, tmp_path):
+def test_resume_takes_the_new_learning_rates_and_keeps_the_horizon(tiny_encoder, tmp_path):
     out = tmp_path / "run"
     assert run_train(tiny_args(tiny_encoder, out, max_steps=3, eval_every=3)).returncode == 0
     r = run_train(tiny_args(tiny_encoder, out, max_steps=5, eval_every=3, lr=2e-4, head_lr=3e-4, weight_decay=0.1)
@@ -156,7 +156,22 @@ def test_resume_takes_the_new_learning_rates_and_keeps_the_step_time(tiny_encode
     last = load_checkpoint(str(out / "last.pt"))
     groups = last["optimizer"]["param_groups"]  # the optimizer's moments come back; its lrs are the config's
     assert {g["peak_lr"] for g in groups} == {2e-4, 3e-4} and {g["weight_decay"] for g in groups} == {0.1, 0.0}
-    assert last["state"]["step_count"] == 5  # a budget's schedule is sized from all steps' time, not restarted
+    assert last["state"]["horizon"] == 5  # where the schedule ends: a budget's resume goes on from it
+
+
+def test_a_budget_run_resumes_with_its_last_horizon_until_it_has_timed_steps(tiny_encoder, tmp_path):
+    """Before, a resumed budget run took total_steps as its horizon for 5 steps: its lr jumped."""
+    from model import save_checkpoint
+    out = tmp_path / "run"
+    assert run_train(tiny_args(tiny_encoder, out, max_steps=3, eval_every=3)).returncode == 0
+    ckpt = load_checkpoint(str(out / "last.pt"))
+    ckpt["state"]["horizon"] = 10  # as if a budget had sized the schedule to end at step 10
+    save_checkpoint(ckpt, str(out / "last.pt"))
+    r = run_train(tiny_args(tiny_encoder, out, max_steps=12, max_minutes=600, log_every=1, eval_every=100)
+                  + ["--resume"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "step 4/10 " in r.stdout and "step 8/10 " in r.stdout  # the saved horizon, for 5 timed steps
+    assert "step 9/12 " in r.stdout  # then the budget's own estimate (600 min: all 12 steps fit)
 
 
 def test_resume_with_other_samples_per_step_is_refused(tiny_encoder, tmp_path):
