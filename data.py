@@ -39,6 +39,11 @@ def read_text(path):
         raw = open(path, "rb").read()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    return decode_bytes(raw)
+
+
+def decode_bytes(raw):
+    """Bytes -> (text, n invalid UTF-8 sequences replaced with U+FFFD); a BOM is dropped. Files and stdin alike."""
     try:
         return raw.decode("utf-8-sig"), 0
     except UnicodeDecodeError:

@@ -219,12 +219,6 @@ def warn_replaced(n, where, what="invalid UTF-8 byte sequence(s)"):
         print(f"warning: {where}: {n} {what} replaced with U+FFFD", file=sys.stderr)
 
 
-def decode(raw):
-    """Bytes -> (text, n invalid sequences), as data.read_text does for files (BOM dropped)."""
-    text = raw.decode("utf-8-sig", errors="replace")
-    return text, text.count("\ufffd") - raw.decode("utf-8-sig", errors="ignore").count("\ufffd")
-
-
 def valid_unicode(s):
     """-> (text, n replaced). Lone surrogates (argv's undecodable bytes, JSON's \\ud800 escapes)
     become U+FFFD: the tokenizer cannot take them."""
@@ -233,7 +227,8 @@ def valid_unicode(s):
         return s, 0
     except UnicodeEncodeError:
         try:  # argv's undecodable bytes: back to bytes, decoded as files are
-            return decode(s.encode("utf-8", "surrogateescape"))
+            from data import decode_bytes
+            return decode_bytes(s.encode("utf-8", "surrogateescape"))
         except UnicodeEncodeError:  # unpaired surrogates proper: one U+FFFD each
             t = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in s)
             return t, t.count("\ufffd") - s.count("\ufffd")
@@ -264,7 +259,7 @@ def read_inputs(comments, path):
     """-> (ids or None, texts) from the command line, stdin ('-') or a file."""
     from contextlib import redirect_stdout
 
-    from data import read_rows, read_text
+    from data import decode_bytes, read_rows, read_text
     if comments and path:
         raise PredictError("give comments or --file, not both")
     if path is None and comments != ["-"]:
@@ -279,7 +274,7 @@ def read_inputs(comments, path):
         if not rows:
             raise PredictError(f"{path}: header only, no comments")
         return ([r["id"] for r in rows] if "id" in rows[0] else None), [r["comment_text"] for r in rows]
-    text, bad = decode(sys.stdin.buffer.read()) if path == "-" else read_text(path)
+    text, bad = decode_bytes(sys.stdin.buffer.read()) if path == "-" else read_text(path)
     warn_replaced(bad, name)
     if not text.strip():
         raise PredictError(f"{name}: empty, no comments to score")
