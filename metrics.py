@@ -42,6 +42,9 @@ def evaluate(probs, labels, thresholds=None):
     m["macro_f1"], m["micro_f1"] = f1_scores(probs, labels)
     if thresholds is not None:
         m["macro_f1_tuned"], m["micro_f1_tuned"] = f1_scores(probs, labels, thresholds)
+        # per label too: macro F1 is their plain mean, so this shows which labels hold it back
+        per_label = f1_score(labels, probs >= np.asarray(thresholds), average=None, zero_division=0)
+        m.update({f"f1_{name}_tuned": float(f) for name, f in zip(LABELS, per_label)})
     return m
 
 

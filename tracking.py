@@ -50,8 +50,8 @@ class AimTracker:
                 print(f"warning: aim repo {repo}: run {run_hash} (from last.pt) is not there; tracking to a new run")
                 run_hash = None
                 self.run = aim.Run(repo=repo, experiment=experiment)
-            if run_hash is None:
-                self.run["hparams"] = hparams
+            # on resume too: the run then describes the config it finishes with, as run.json does
+            self.run["hparams"] = hparams
         except Exception as e:
             raise TrackingError(open_error(repo, run_hash, e)) from None
         self.hash = self.run.hash

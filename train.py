@@ -228,16 +228,6 @@ def train(cfg, resume=False):
     model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else raw_model
     if cfg.compile:
         model = torch.compile(model)
-    hparams = {**asdict(cfg), "precision_effective": precision, "world_size": world,
-               "global_batch": gmb * cfg.accum_steps, "torch": str(torch.__version__)}
-    tracker = make_tracker(cfg.aim and master, cfg.aim_repo, os.path.basename(os.path.normpath(cfg.out_dir)),
-                           hparams, state["aim_hash"])
-    state["aim_hash"] = tracker.hash
-    if master:  # what compare.py and people need without opening a checkpoint; atomic, as checkpoints
-        with open(run_json + ".tmp", "w") as f:
-            json.dump({"config": asdict(cfg), "aim_hash": tracker.hash, "aim_repo": cfg.aim_repo,
-                       "precision_effective": precision, "world_size": world}, f, indent=1)
-        os.replace(run_json + ".tmp", run_json)
 
     def save(path, step, metrics, thresholds, with_state):
         if not master:
@@ -276,7 +266,17 @@ def train(cfg, resume=False):
     last_metrics, last_thresholds = None, np.full(len(LABELS), 0.5)
     if resume:  # stopped again before this attempt's first eval: last.pt keeps what it knew
         last_metrics, last_thresholds = ckpt.get("metrics") or None, np.array(ckpt.get("thresholds", last_thresholds))
-    try:
+    hparams = {**asdict(cfg), "precision_effective": precision, "world_size": world,
+               "global_batch": gmb * cfg.accum_steps, "torch": str(torch.__version__)}
+    tracker = make_tracker(cfg.aim and master, cfg.aim_repo, os.path.basename(os.path.normpath(cfg.out_dir)),
+                           hparams, state["aim_hash"])
+    state["aim_hash"] = tracker.hash
+    try:  # from here on every way out closes the Aim run (else it stays 'active' and locked)
+        if master:  # what compare.py and people need without opening a checkpoint; atomic, as checkpoints
+            with open(run_json + ".tmp", "w") as f:
+                json.dump({"config": asdict(cfg), "aim_hash": tracker.hash, "aim_repo": cfg.aim_repo,
+                           "precision_effective": precision, "world_size": world}, f, indent=1)
+            os.replace(run_json + ".tmp", run_json)
         raw_model.train()
         while True:
             elapsed = time.time() - t_start

@@ -181,6 +181,18 @@ def table(rows):
     return "\n".join(lines)
 
 
+def f1_table(rows):
+    """Tuned F1 per label, and each model's margin over TF-IDF+LR: where the macro F1 target is won or lost."""
+    head = ["setup", "budget"] + list(LABELS) + ["macro F1 tuned"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base, keys = rows[0]["metrics"], [f"f1_{n}_tuned" for n in LABELS] + ["macro_f1_tuned"]
+    for r in rows:
+        m = r["metrics"]
+        cells = [f"{m[k]:.3f}" + ("" if r is rows[0] else f" ({m[k] - base[k]:+.3f})") for k in keys]
+        lines.append("| " + " | ".join([r["name"], f"{r['minutes']:g} min" if r["minutes"] else "-"] + cells) + " |")
+    return "\n".join(lines)
+
+
 def verdict(rows):
     """The issue's targets, checked for every model row against the TF-IDF row, with the margins' intervals."""
     base, out = rows[0]["metrics"], []
@@ -271,7 +283,7 @@ def measure(args, overrides, extra, out_root, cfg0, max_features):
             json.dump({"data": args.data, "val_rows": len(val_idx), "overrides": overrides, "rows": rows,
                        "resamples": RESAMPLES, "machine": f"{os.cpu_count()} cores"}, f, indent=1, default=float)
     print("\n" + (f"config overrides: {' '.join(overrides)}\n\n" if overrides else "") + table(rows) + "\n\n" +
-          verdict(rows))
+          f1_table(rows) + "\n\n" + verdict(rows))
     print(f"\nwrote {args.out}")
 
 

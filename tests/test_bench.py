@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SAMPLE
+from data import LABELS
 
 VERDICTS = {"met", "missed", "n/a", "reported"}
 
@@ -114,8 +115,12 @@ def test_quality_quick(tmp_path):
     # its tiny encoder and token cache went with its mkdtemp folder (torch's compile cache may stay)
     assert not [f for f in os.listdir(tmp) if f.startswith("quality-quick-")], os.listdir(tmp)
     assert f"config overrides: --weight_decay 0.0 --out_dir {tmp_path / 'run'}" in r.stdout
-    (header, rows), = tables(r.stdout)
+    (header, rows), (f1_header, f1_rows) = tables(r.stdout)
     assert [row[0] for row in rows] == ["TF-IDF+LR", "mini"] and header[2] == "mean AUC"
+    # the per-label F1 table ends in the macro F1 tuned of the main table, which is its mean
+    assert f1_header[2:] == [*LABELS, "macro F1 tuned"] and [row[0] for row in f1_rows] == ["TF-IDF+LR", "mini"]
+    for f1_row, row in zip(f1_rows, rows):
+        assert float(f1_row[-1].split()[0]) == pytest.approx(float(row[header.index("macro F1 tuned")]), abs=6e-4)
     data = json.load(open(out))
     assert [row["name"] for row in data["rows"]] == ["TF-IDF+LR", "mini"]
     for row in data["rows"]:

@@ -105,6 +105,20 @@ def test_tune_thresholds_finds_planted_optimum():
     assert set(np.round(tune_thresholds(rng.random((n, L)), labels), 2)) <= set(THRESHOLD_GRID)
 
 
+def test_per_label_tuned_f1_is_what_macro_f1_averages():
+    from metrics import evaluate
+    rng = np.random.default_rng(2)
+    labels = (rng.random((300, L)) < 0.2).astype(np.uint8)
+    probs = np.clip(labels * 0.4 + rng.random((300, L)) * 0.6, 0, 1)
+    th = tune_thresholds(probs, labels)
+    m = evaluate(probs, labels, th)
+    per_label = [m[f"f1_{name}_tuned"] for name in LABELS]
+    assert np.mean(per_label) == pytest.approx(m["macro_f1_tuned"])
+    y, pred = labels[:, 3] == 1, probs[:, 3] >= th[3]  # threat, by hand
+    assert per_label[3] == pytest.approx(2 * (y & pred).sum() / (y.sum() + pred.sum()))
+    assert "f1_toxic_tuned" not in evaluate(probs, labels)  # no thresholds, no tuned F1
+
+
 def test_weighted_metrics_equal_metrics_on_resampled_rows():
     """Bootstrap counts as weights give exactly sklearn's AUC and F1 of the resampled rows, ties included."""
     rng = np.random.default_rng(1)

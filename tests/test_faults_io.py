@@ -164,6 +164,26 @@ def test_tracking_failure_mid_run_warns_once_and_training_goes_on(tiny_encoder, 
     assert _aim_closed(repo, _aim_hash(out))  # and the run is still closed at the end
 
 
+def test_run_json_unwritable_is_one_line_and_the_aim_run_is_closed(tiny_encoder, tmp_path, capsys):
+    out, repo = tmp_path / "run", tmp_path / "aim"
+    (out / "run.json.tmp").mkdir(parents=True)  # the first file written after the Aim run is opened
+    code, _, err = _main(capsys, tiny_args(tiny_encoder, out, aim="true", aim_repo=repo))
+    assert code == 4 and err.splitlines()[-1] == f"error: {out}/run.json.tmp: Is a directory"
+    (run_hash,) = [p.name for p in (repo / ".aim" / "meta" / "chunks").iterdir()]
+    assert _aim_closed(repo, run_hash)  # not left 'active' and locked for ever
+
+
+def test_resume_with_a_changed_config_updates_the_aim_hparams(tiny_encoder, tmp_path):
+    import aim
+    out, repo = tmp_path / "run", tmp_path / "aim"
+    _train(tiny_args(tiny_encoder, out, aim="true", aim_repo=repo, max_steps=3))
+    _train(tiny_args(tiny_encoder, out, aim="true", aim_repo=repo, max_steps=5, lr=2e-4), resume=True)
+    subprocess.run([os.path.join(os.path.dirname(sys.executable), "aim"), "storage", "--repo", str(repo),
+                    "reindex", "-y"], check=True, capture_output=True)  # read-only runs see the index only
+    hparams = aim.Run(run_hash=_aim_hash(out), repo=str(repo), read_only=True)["hparams"]
+    assert hparams["lr"] == 2e-4 and hparams["max_steps"] == 5  # as run.json: the config it finished with
+
+
 # ----------------------------------------------------------------------------
 # disk full
 
