@@ -194,6 +194,19 @@ def test_quality_checks_configs_with_data_and_minutes(tmp_path, tiny_run):
     assert line.startswith(f"error: {old / 'run.json'}: unreadable")
 
 
+def test_quality_keeps_the_configs_epoch_cap_under_the_budget():
+    """Budget-only training overfits the 44k rows (4.1 epochs in 60 bf16 minutes: below TF-IDF+LR on two
+    labels), so the bare command must train the configs' recipe: their 1.5 epochs, or less if time runs out."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from quality import check_configs
+
+    for name in ("mini.json", "mini_average.json"):
+        cfg = check_configs([os.path.join(ROOT, "configs", name)], [60.0], SAMPLE, "runs/quality", [])
+        assert (cfg.epochs, cfg.max_steps, cfg.max_minutes, cfg.warmup_steps) == (1.5, 0, 60.0, 180)
+    cfg = check_configs([os.path.join(ROOT, "configs", "mini.json")], [60.0], SAMPLE, "runs/quality", ["--epochs", "2"])
+    assert cfg.epochs == 2.0  # a flag still overrides it
+
+
 def test_quality_default_out_is_not_a_committed_result():
     """Without --out the JSON goes beside the run folders, in git-ignored runs/, never over bench/results/."""
     sys.path.insert(0, os.path.join(ROOT, "bench"))
