@@ -43,7 +43,8 @@ def evaluate(probs, labels, thresholds=None):
     if thresholds is not None:
         m["macro_f1_tuned"], m["micro_f1_tuned"] = f1_scores(probs, labels, thresholds)
         # per label too: macro F1 is their plain mean, so this shows which labels hold it back
-        per_label = f1_score(labels, probs >= np.asarray(thresholds), average=None, zero_division=0)
+        per_label = f1_score(labels, (probs >= np.asarray(thresholds)).astype(np.uint8), average=None,
+                             zero_division=0)
         m.update({f"f1_{name}_tuned": float(f) for name, f in zip(LABELS, per_label)})
     return m
 

@@ -131,7 +131,7 @@ def train(cfg, resume=False):
     best_path, last_path = os.path.join(cfg.out_dir, "best.pt"), os.path.join(cfg.out_dir, "last.pt")
     if resume and not os.path.isfile(last_path):  # checked before the data: a bad start fails in a blink
         raise CheckpointError(f"{last_path}: no checkpoint to resume from (the first is written at step "
-                              f"eval_every); start again without --resume")
+                              f"eval_every, or at the end if sooner); start again without --resume")
     ckpt = load_resumable(last_path) if resume else None
     if resume:
         seen, steps = ckpt["state"].get("samples_seen"), ckpt["state"].get("step")
@@ -248,6 +248,12 @@ def train(cfg, resume=False):
             raise TrainingStopped(f"{path}: cannot write checkpoint ({e.strerror or e}); nothing was replaced: "
                                   f"free some space, then continue with --resume", 4) from None
 
+    hparams = {**asdict(cfg), "precision_effective": precision, "world_size": world,
+               "global_batch": gmb * cfg.accum_steps, "torch": str(torch.__version__)}
+    tracker = make_tracker(cfg.aim and master, cfg.aim_repo, os.path.basename(os.path.normpath(cfg.out_dir)),
+                           hparams, state["aim_hash"])
+    state["aim_hash"] = tracker.hash
+
     # Ctrl-C / SIGTERM: finish the current step, write last.pt, exit 128 + signal number.
     stop_signal = []
     def on_signal(signum, frame):
@@ -266,12 +272,7 @@ def train(cfg, resume=False):
     last_metrics, last_thresholds = None, np.full(len(LABELS), 0.5)
     if resume:  # stopped again before this attempt's first eval: last.pt keeps what it knew
         last_metrics, last_thresholds = ckpt.get("metrics") or None, np.array(ckpt.get("thresholds", last_thresholds))
-    hparams = {**asdict(cfg), "precision_effective": precision, "world_size": world,
-               "global_batch": gmb * cfg.accum_steps, "torch": str(torch.__version__)}
-    tracker = make_tracker(cfg.aim and master, cfg.aim_repo, os.path.basename(os.path.normpath(cfg.out_dir)),
-                           hparams, state["aim_hash"])
-    state["aim_hash"] = tracker.hash
-    try:  # from here on every way out closes the Aim run (else it stays 'active' and locked)
+    try:  # every way out from here closes the Aim run opened above (else it stays 'active' and locked)
         if master:  # what compare.py and people need without opening a checkpoint; atomic, as checkpoints
             with open(run_json + ".tmp", "w") as f:
                 json.dump({"config": asdict(cfg), "aim_hash": tracker.hash, "aim_repo": cfg.aim_repo,

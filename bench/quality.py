@@ -15,7 +15,8 @@ minute of budget), and is scored once at the end. F1 is given at 0.5 and at thre
 same validation predictions, for both sides alike. Each model's margin over TF-IDF+LR comes with a
 95% paired-bootstrap interval over the validation rows (both scored on the same resampled rows), so
 a target missed or met by less than the noise of 4,400 rows says so. --runs scores run folders that
-train.py already wrote (their val_predictions.npz, on the same split). Prints one Markdown table;
+train.py already wrote (their val_predictions.npz, on the same split). Prints two Markdown tables
+(the metrics; tuned F1 per label with its margins) and the verdicts;
 writes JSON to --out (default runs/quality/quality.json, beside the run folders; the figures the
 README quotes are committed in bench/results/, so name a file there only to replace them on purpose).
 Every config, with --data and each --minutes, is checked before anything trains; bad input (a flag,

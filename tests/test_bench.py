@@ -104,7 +104,7 @@ def test_missing_checkpoint_is_one_line(tmp_path):
 
 
 def test_quality_quick(tmp_path):
-    """TF-IDF+LR and one budgeted training run on the sample data: one table, one JSON row each. Run from
+    """TF-IDF+LR and one budgeted training run on the sample data: a row each in both tables and the JSON. Run from
     another folder (the config's relative data_path must not matter), leaving no temporary folder."""
     out, tmp = tmp_path / "quality.json", tmp_path / "tmp"
     tmp.mkdir()

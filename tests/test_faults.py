@@ -117,8 +117,8 @@ def test_sigkill_before_the_first_checkpoint(tiny_encoder, tmp_path, capsys):
 
     code, _, err = _main(capsys, args + ["--resume"])
     assert code == 2 and err.strip().splitlines() == [
-        f"error: {out}/last.pt: no checkpoint to resume from (the first is written at step eval_every); "
-        f"start again without --resume"]
+        f"error: {out}/last.pt: no checkpoint to resume from (the first is written at step eval_every, or at "
+        f"the end if sooner); start again without --resume"]
 
     _train(tiny_args(tiny_encoder, out, aim="true", aim_repo=repo, max_steps=1, eval_every=1))
     assert f"aim: closed run {killed}, left open by a training that was killed" in capsys.readouterr().out

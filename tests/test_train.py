@@ -46,6 +46,7 @@ def test_short_run_writes_checkpoints_predictions_and_aim_run(tiny_encoder, tmp_
                if not m.name.startswith("__")}
     assert len(metrics[("train_loss", "train")]) == 2  # logged at steps 2 and 4
     assert len(metrics[("eval_aucroc_macro", "val")]) == 2 and ("eval_macro_f1", "val") in metrics
+    assert len(metrics[("eval_f1_threat_tuned", "val")]) == 2  # per-label tuned F1 too
 
 
 def test_oversample_lengthens_the_epoch_by_the_repeated_rows(tiny_encoder, tmp_path):
