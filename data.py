@@ -1,9 +1,10 @@
 """Kaggle Jigsaw CSVs in, padded numpy batches out. No torch here, so predict.py can share it.
 
-    from data import read_csv, split_indices, tokenize, epoch_order, pad_batch
+    from data import micro_batches, prepare, read_csv, split_indices
     ds = read_csv("data/sample/train.csv")                  # ids, texts, labels (N,6)
     train_idx, val_idx = split_indices(ds.labels, 0.1, split_seed=1234)
-    epoch_idx, rare = oversample_rare(ds.labels, train_idx, copies=3)  # rare positives 3x per epoch
+    data = prepare(cfg, tokenizer, samples_per_step=32)     # what train.py trains on: split, tokenized
+    ids, mask, y = next(micro_batches(data, cfg, rank=0, world=1, samples_seen=0))  # (B,T), (B,T), (B,6)
 
 Kaggle's test set: read_test("test.csv", "test_labels.csv") drops the rows labelled -1.
 """
@@ -15,11 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from errors import UsageError
+
 LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
 csv.field_size_limit(2**31 - 1)  # real comments can be megabytes long
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """Bad input data: the message names the file, row and column."""
 
 
@@ -160,22 +163,6 @@ def split_indices(labels, val_fraction, split_seed):
     return train_idx, val_idx
 
 
-def oversample_rare(labels, idx, copies, rare_ratio=0.25):
-    """Training rows for one epoch: a row with a positive for a rare label appears `copies` times.
-
-    A label is rare when its positive rate among idx is under rare_ratio times the commonest
-    label's: severe_toxic, threat and identity_hate, both in Kaggle's full set and in a
-    toxic-enriched sample, since the ratio does not move with the share of clean rows.
-    -> (index array, rare label names). copies=1 returns idx unchanged.
-    """
-    y = labels[idx]
-    rate = y.mean(0)
-    rare = rate < rare_ratio * rate.max()
-    has_rare = y[:, rare].any(1)
-    out = np.concatenate([idx] + [idx[has_rare]] * (copies - 1)) if copies > 1 else idx
-    return out, [name for name, r in zip(LABELS, rare) if r]
-
-
 # ----------------------------------------------------------------------------
 # tokenizing, with an on-disk cache
 
@@ -183,8 +170,8 @@ def tokenize(tokenizer, texts, max_length, cache_path=None, truncation="head"):
     """List of int32 id arrays, at most max_length long, not padded.
 
     tokenizer is a `tokenizers.Tokenizer`. A longer comment keeps its first max_length tokens
-    ("head"), or its first and last halves ("head_tail": a long comment's end counts too; the
-    README's quality section has the figures). With cache_path, ids are stored there keyed by the
+    ("head"), or its first and last halves ("head_tail": a long comment's end counts too;
+    docs/experiments.md has the figures). With cache_path, ids are stored there keyed by the
     texts, the tokenizer, max_length and truncation, so a change in any of them re-tokenizes.
     """
     tokenizer.no_padding()
@@ -206,12 +193,11 @@ def tokenize(tokenizer, texts, max_length, cache_path=None, truncation="head"):
     encodings = tokenizer.encode_batch(texts)
     seqs = [np.array(e.ids if len(e.ids) <= max_length else head_tail(e.ids, e.special_tokens_mask, max_length),
                      dtype=np.int32) for e in encodings]
-    if cache_path:
+    if cache_path:  # every rank of a DDP job may write it at once: each to a temporary of its own
+        from checkpoint import atomic_write  # here: predict.py imports data.py and never writes a cache
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
-        tmp = f"{path}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, flat=np.concatenate(seqs), offsets=offsets)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez(f, flat=np.concatenate(seqs), offsets=offsets), unique=True)
     return seqs
 
 
@@ -222,6 +208,61 @@ def head_tail(ids, special_mask, max_length):
     room = max(0, max_length - lead - trail)
     body = ids[lead:len(ids) - trail]
     return ids[:lead] + body[:room - room // 2] + body[len(body) - room // 2:] + ids[len(ids) - trail:]
+
+
+# ----------------------------------------------------------------------------
+# what training reads: the split, tokenized, and its micro-batches
+
+
+@dataclass
+class TrainData:
+    ds: Dataset
+    train_idx: np.ndarray   # rows of ds, sorted
+    val_idx: np.ndarray
+    seqs: list              # token ids per row of ds, at max_length
+    val_seqs: list          # the same at eval_max_length (seqs itself when that is max_length)
+    lengths: np.ndarray     # len(seqs[i]) per row
+    pad_id: int
+    steps_per_epoch: int    # optimizer steps; the tail that fills no whole step is dropped
+
+
+def prepare(cfg, tokenizer, samples_per_step):
+    """Read cfg.data_path, split it, tokenize it (cached under cfg.cache_dir) -> TrainData."""
+    ds = read_csv(cfg.data_path)
+    try:
+        train_idx, val_idx = split_indices(ds.labels, cfg.val_fraction, cfg.split_seed)
+    except DataError as e:  # the split cannot know which file it splits
+        raise DataError(f"{cfg.data_path}: {e}") from None
+    steps_per_epoch = len(train_idx) // samples_per_step
+    if steps_per_epoch == 0:
+        raise DataError(f"{cfg.data_path}: {len(train_idx)} training rows do not fill one global batch "
+                        f"of {samples_per_step}; lower batch_size or accum_steps")
+    cache = os.path.join(cfg.cache_dir, "tokens")
+    seqs = tokenize(tokenizer, ds.texts, cfg.max_length, cache, cfg.truncation)
+    # Validation may see more of each comment than training did: a model trained on 128 tokens ranks
+    # long comments better when it reads up to 512 (docs/experiments.md has the figures).
+    eval_length = cfg.eval_max_length or cfg.max_length
+    val_seqs = seqs if eval_length == cfg.max_length else tokenize(tokenizer, ds.texts, eval_length, cache,
+                                                                    cfg.truncation)
+    return TrainData(ds, train_idx, val_idx, seqs, val_seqs, np.array([len(s) for s in seqs]),
+                     tokenizer.token_to_id("[PAD]") or 0, steps_per_epoch)
+
+
+def micro_batches(data, cfg, rank, world, samples_seen):
+    """Endless micro-batches for this rank -> (input_ids, attention_mask (B,T) int64, labels (B,6) float32),
+    starting after samples_seen, so a resumed run reads on where it stopped."""
+    per_rank, per_micro = cfg.batch_size, cfg.batch_size * world  # samples per micro-step, on all ranks
+    per_epoch = data.steps_per_epoch * cfg.accum_steps  # micro-batches
+    epoch, j = divmod(samples_seen // per_micro, per_epoch)
+    pad_to = cfg.max_length if cfg.pad_to_max_length else None
+    while True:
+        order = data.train_idx[epoch_order(data.lengths[data.train_idx], per_micro, cfg.accum_steps, cfg.seed, epoch,
+                                           cfg.group_by_length)]
+        for j in range(j, per_epoch):
+            rows = order[j * per_micro:(j + 1) * per_micro][rank * per_rank:(rank + 1) * per_rank]
+            ids, mask = pad_batch([data.seqs[i] for i in rows], data.pad_id, pad_to)
+            yield ids, mask, data.ds.labels[rows].astype(np.float32)
+        epoch, j = epoch + 1, 0
 
 
 # ----------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import argparse
 import math
 import sys
 
-from data import LABELS, DataError, read_csv, read_test
+from data import LABELS, read_csv, read_test
+from errors import exit_on_error
 from predict import PredictError, load_model, newest_export, score, write_submission
 
 
@@ -76,17 +77,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if bool(args.data) == bool(args.test) or bool(args.test) != bool(args.test_labels):
         p.error("give --data CSV, or --test CSV with --test_labels CSV")
-    try:
+    with exit_on_error():
         if args.batch_size < 1:
             raise PredictError(f"--batch_size must be >= 1, got {args.batch_size}")
         run(args.model or newest_export(), args.data, args.test, args.test_labels, args.submission,
             args.fp32, args.batch_size)
-    except (PredictError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

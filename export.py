@@ -30,7 +30,9 @@ import shutil
 import sys
 import warnings
 
+from checkpoint import atomic_write, publish_dir
 from data import LABELS
+from errors import UsageError, exit_on_error
 from predict import FORMAT_VERSION, encode_texts, make_windows, window_batch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -49,7 +51,7 @@ N_SHORT = len(PARITY_TEXTS)  # the second parity batch: these alone, fewer and s
 PARITY_TEXTS += [" ".join(PARITY_TEXTS * k) for k in (2, 5, 20)]
 
 
-class ExportError(RuntimeError):
+class ExportError(UsageError):
     """A problem with the checkpoint, the tokenizer or the output folder: one line, names the path."""
 
 
@@ -74,22 +76,11 @@ def check_out_dir(out):
         raise ExportError(f"{out}: exists and is not an export folder; pick another --out")
 
 
-def publish(tmp, out):
-    """Swap the finished temporary folder in for out (an older export of the same name is removed)."""
-    old = None
-    if os.path.exists(out):
-        old = f"{tmp}.old"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old:
-        shutil.rmtree(old)
-
-
 def save_tokenizer(encoder_name, path):
     """tokenizer.json with padding and truncation off -> (prefix_ids, suffix_ids, pad_id)."""
     from transformers import AutoTokenizer
 
-    from model import resolve_encoder
+    from checkpoint import resolve_encoder
     try:
         tok = AutoTokenizer.from_pretrained(resolve_encoder(encoder_name)).backend_tokenizer
     except Exception as e:  # not cached and no network, or not a tokenizer folder
@@ -208,7 +199,7 @@ def export(ckpt_path, out, quantize=None):
     import onnx
     import torch
 
-    from model import load_checkpoint, model_from_checkpoint
+    from checkpoint import load_checkpoint, model_from_checkpoint
     ckpt = load_checkpoint(ckpt_path)
     for key in ("config", "step", "metrics"):
         if key not in ckpt:
@@ -281,9 +272,9 @@ def export(ckpt_path, out, quantize=None):
                 "parity": parity, "opset": OPSET, "attn_implementation": ATTN_IMPLEMENTATION,
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                              "onnxruntime": onnxruntime.__version__}}
-        with open(os.path.join(tmp, "export.json"), "w") as f:
-            json.dump(meta, f, indent=1, allow_nan=False)  # strict JSON: an undefined AUC (nan) is null
-        publish(tmp, out)
+        text = json.dumps(meta, indent=1, allow_nan=False)  # strict JSON: an undefined AUC (nan) is null
+        atomic_write(os.path.join(tmp, "export.json"), lambda f: f.write(text), mode="w")
+        publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {out}/: {', '.join(sorted(os.listdir(out)))}")
@@ -300,24 +291,14 @@ def main(argv=None):
     p.add_argument("--out", help="output folder (default: exports/<run folder name>)")
     p.add_argument("--quantize", choices=["int8"], help="also write a dynamically quantized int8 model")
     args = p.parse_args(argv)
-    try:
+    with exit_on_error():
         ckpt, hint = (args.checkpoint, None) if args.checkpoint else default_checkpoint(args.avg)
         if not os.path.isfile(ckpt):  # before importing torch: a typo fails in a blink
             more = f" (train it with: python train.py {hint})" if hint else ""
             raise ExportError(f"{ckpt}: no such checkpoint{more}")
         out = args.out or os.path.join("exports", os.path.basename(os.path.dirname(os.path.abspath(ckpt))))
         check_out_dir(out)
-        from model import CheckpointError
-        try:
-            export(ckpt, out, args.quantize)
-        except CheckpointError as e:
-            raise ExportError(str(e)) from None
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:  # disk full, permissions: name the file, no traceback
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        sys.exit(2)
+        export(ckpt, out, args.quantize)
 
 
 if __name__ == "__main__":

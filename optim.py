@@ -1,18 +1,15 @@
-"""What the optimiser does: the learning-rate schedule, AdamW's parameter groups, the loss weights, and the
-moving average of the weights.
+"""What the optimiser does: the learning-rate schedule and its budget horizon, AdamW's parameter groups, and
+the loss weights. Functions of their arguments alone, so they are tested without training.
 
-    from optim import get_lr, make_optimizer, pos_weights, update_ema
+    from optim import budget_horizon, get_lr, make_optimizer, pos_weights
     optimizer = make_optimizer(model, cfg, fused=False)   # groups carry "peak_lr"; train.py scales it
-    for g in optimizer.param_groups: g["lr"] = g["peak_lr"] * get_lr(step, total_steps, cfg.warmup_steps)
-    update_ema(ema_model, model, cfg.ema_decay, step)   # after each optimizer step
-Functions of their arguments alone (update_ema changes ema_model in place), so they are tested without training.
+    horizon = budget_horizon(step, total_steps, budget_s, elapsed_s, mean_step_s, saved_horizon)
+    for g in optimizer.param_groups: g["lr"] = g["peak_lr"] * get_lr(step, horizon, cfg.warmup_steps)
 """
-import re
-
 import numpy as np
 import torch
 
-from config import ConfigError
+MIN_TIMED_STEPS = 5  # steps an attempt times before its mean step time sizes a budget's schedule
 
 
 def get_lr(step, total_steps, warmup_steps):
@@ -22,33 +19,28 @@ def get_lr(step, total_steps, warmup_steps):
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
-def layer_depth(name, num_layers):
-    """Depth of an encoder parameter: embeddings 0, transformer layer i -> i + 1, anything above -> top."""
-    if name.startswith("embeddings."):
-        return 0
-    found = re.search(r"(?:^|\.)layer\.(\d+)\.", name)
-    return int(found.group(1)) + 1 if found else num_layers + 1
+def budget_horizon(step, total_steps, budget_s, elapsed_s, mean_step_s, saved_horizon):
+    """The step the schedule ends at. Without a budget (budget_s 0), total_steps. With one, the steps that
+    fit in the time left at this attempt's mean step time (mean_step_s, None until it has timed
+    MIN_TIMED_STEPS); before that, a resumed run keeps its saved horizon rather than jump to total_steps,
+    and the old step time is not used (on another machine it would mislead). Never beyond total_steps."""
+    if not budget_s:
+        return total_steps
+    if mean_step_s is not None:
+        return min(total_steps, step + int((budget_s - elapsed_s) / mean_step_s))
+    return total_steps if saved_horizon is None else min(total_steps, saved_horizon)
 
 
 def make_optimizer(model, cfg, fused):
-    """AdamW; no weight decay on 1-D tensors (biases, LayerNorm). The head takes head_lr, the encoder's
-    top layer takes lr, and each layer below takes layer_lr_decay x the one above (general features move least)."""
-    num_layers = model.encoder.config.num_hidden_layers
-    depths = {name: layer_depth(name, num_layers) for name, _ in model.encoder.named_parameters()}
-    if cfg.layer_lr_decay < 1 and not set(range(1, num_layers + 1)) <= set(depths.values()):
-        raise ConfigError(f"layer_lr_decay {cfg.layer_lr_decay}: the encoder's parameters are not named "
-                          f"'layer.N.' for its {num_layers} layers (a BERT-style encoder is needed)")
-    parts = {}  # (part, peak lr) -> (decayed, undecayed); no layer decay: the 4 groups of old last.pt files
-    for name, p in model.encoder.named_parameters():
-        lr = cfg.lr * cfg.layer_lr_decay ** max(0, num_layers - depths[name])
-        if p.requires_grad:
-            parts.setdefault(("encoder", lr), ([], []))[p.ndim < 2].append(p)
-    for p in model.head.parameters():
-        if p.requires_grad:
-            parts.setdefault(("head", cfg.head_lr), ([], []))[p.ndim < 2].append(p)
-    groups = [{"params": params, "weight_decay": wd, "peak_lr": lr}
-              for (_, lr), (decayed, undecayed) in parts.items()
-              for params, wd in ((decayed, cfg.weight_decay), (undecayed, 0.0)) if params]
+    """AdamW in four groups: encoder at lr, head at head_lr, each with weight decay on matrices only
+    (none on biases and LayerNorm weights)."""
+    groups = []
+    for part, lr in ((model.encoder, cfg.lr), (model.head, cfg.head_lr)):
+        params = [p for p in part.parameters() if p.requires_grad]
+        for decayed, wd in ((True, cfg.weight_decay), (False, 0.0)):
+            chosen = [p for p in params if (p.ndim >= 2) == decayed]
+            if chosen:
+                groups.append({"params": chosen, "weight_decay": wd, "peak_lr": lr})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
 
 
@@ -58,14 +50,3 @@ def pos_weights(labels, mode, cap):
         return torch.ones(labels.shape[1])
     pos = labels.sum(0).clip(min=1)
     return torch.tensor(np.minimum(np.sqrt((len(labels) - pos) / pos), cap), dtype=torch.float32)
-
-
-@torch.no_grad()
-def update_ema(ema_model, model, decay, step):
-    """ema <- d * ema + (1 - d) * weights, d = min(decay, (1 + step) / (10 + step)). The ramp forgets the early,
-    barely trained weights: until it reaches `decay` (step 4,490 for 0.998) the average's mean age is a tenth of
-    the steps so far, most of its weight on the last quarter; after that it spans about 1 / (1 - decay) steps.
-    Buffers (position ids) are constants and are not averaged."""
-    d = min(decay, (1 + step) / (10 + step))
-    for averaged, current in zip(ema_model.parameters(), model.parameters(), strict=True):
-        averaged.lerp_(current, 1 - d)

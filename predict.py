@@ -29,6 +29,8 @@ import sys
 import time
 from types import SimpleNamespace
 
+from errors import UsageError, exit_on_error
+
 FORMAT_VERSION = 1  # of export.json; export.py writes it, predict.py refuses any other
 META_KEYS = ("labels", "max_length", "thresholds", "models", "tokenizer", "prefix_ids", "suffix_ids", "pad_id")
 OVERLAP = 4  # consecutive windows share 1/OVERLAP of their tokens
@@ -37,7 +39,7 @@ ENCODE_CHARS = 1 << 19  # characters per tokenizer call: bounds the memory of it
 PROGRESS_MIN = 256  # windows; below this a progress bar is noise
 
 
-class PredictError(RuntimeError):
+class PredictError(UsageError):
     """A bad model folder, flag or input: the message names it, main prints one line."""
 
 
@@ -337,11 +339,14 @@ def submission_ids(ids, n, name):
 def write_submission(path, ids, labels, probs):
     """Kaggle's format: id + one probability column per label. Written to a temporary file first."""
     import csv
-    with open(f"{path}.tmp", "w", newline="", encoding="utf-8") as f:
+
+    from checkpoint import atomic_write
+
+    def write(f):
         w = csv.writer(f)
         w.writerow(["id", *labels])
         w.writerows([rid, *(f"{p:.9g}" for p in row)] for rid, row in zip(ids, probs))
-    os.replace(f"{path}.tmp", path)
+    atomic_write(path, write, mode="w")
 
 
 # ----------------------------------------------------------------------------
@@ -365,8 +370,7 @@ def main(argv=None):
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if hasattr(sys.stdout, "reconfigure"):  # a terminal that cannot show an emoji gets '?', not a crash
         sys.stdout.reconfigure(errors="replace")
-    from data import DataError
-    try:
+    with exit_on_error():
         if args.batch_size < 1:
             raise PredictError(f"--batch_size must be >= 1, got {args.batch_size}")
         model_dir = args.model or newest_export()
@@ -384,17 +388,6 @@ def main(argv=None):
         elif not args.out:
             print_table(model, ids, texts, probs)
         sys.stdout.flush()
-    except (PredictError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except BrokenPipeError:  # `predict.py ... | head`: the reader left; not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except OSError as e:  # unreadable --file, unwritable --out
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

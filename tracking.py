@@ -1,8 +1,7 @@
 """Experiment tracking in Aim, behind one small object; NullTracker when tracking is off.
 
-    tracker = make_tracker(enabled=True, repo="runs", experiment="mini", hparams={...})
-    tracker.track("loss", 0.31, step=100, subset="train")
-    tracker.close()
+    with make_tracker(enabled=True, repo="runs", experiment="mini", hparams={...}) as tracker:
+        tracker.track("loss", 0.31, step=100, subset="train")   # closed on every way out of the block
 Browse with:  aim up --repo runs
 
 Problems with the repo (not writable, a run held by a live process) raise TrackingError before
@@ -14,12 +13,24 @@ import os
 import sys
 import tempfile
 
+from errors import UsageError
 
-class TrackingError(RuntimeError):
+
+class TrackingError(UsageError):
     """The Aim repo cannot be used: raised before training starts, with the folder named."""
 
 
-class NullTracker:
+class Closing:
+    """`with tracker:` closes it on every way out, so a run never stays 'active' and locked in Aim."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class NullTracker(Closing):
     """Stands in when tracking is off (or on non-zero ranks), so log sites never branch."""
     hash = None
 
@@ -33,7 +44,7 @@ class NullTracker:
         pass
 
 
-class AimTracker:
+class AimTracker(Closing):
     """One Aim run. A tracking failure mid-run warns once and then goes quiet: it never kills training."""
 
     def __init__(self, repo, experiment, hparams, run_hash=None):

@@ -5,12 +5,11 @@ computes the metrics once on the complete set, and the per-example probabilities
     metrics, probs, thresholds = run_eval(model, seqs, val_idx, labels, cfg, device, autocast, rank=0, world=1)
     save_predictions("runs/mini/val_predictions.npz", ds, val_idx, probs, thresholds, step)
 """
-import os
-
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from checkpoint import atomic_write
 from data import LABELS, pad_batch, sorted_batches
 from metrics import evaluate, tune_thresholds
 
@@ -56,7 +55,6 @@ def run_eval(model, seqs, val_idx, labels, cfg, device, autocast, rank, world):
 
 def save_predictions(path, ds, val_idx, probs, thresholds, step):
     """Per-example validation probabilities, so any metric can be recomputed without the model."""
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, ids=np.array([ds.ids[i] for i in val_idx]), rows=val_idx, probs=probs,
-             labels=ds.labels[val_idx], thresholds=thresholds, step=step, label_names=np.array(LABELS))
-    os.replace(tmp, path)
+    arrays = dict(ids=np.array([ds.ids[i] for i in val_idx]), rows=val_idx, probs=probs, labels=ds.labels[val_idx],
+                  thresholds=np.asarray(thresholds), step=step, label_names=np.array(LABELS))
+    atomic_write(path, lambda f: np.savez(f, **arrays))

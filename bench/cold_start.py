@@ -6,7 +6,7 @@
 
 The checkpoint is exported (fp32 + int8) into a temporary folder with export.py; predict.py runs
 on it with its default model (int8) and with --fp32. The baseline is what serving without the export
-would take: a script that loads the checkpoint with torch (model.load_checkpoint,
+would take: a script that loads the checkpoint with torch (checkpoint.load_checkpoint,
 model_from_checkpoint) and the tokenizer with transformers' AutoTokenizer, and prints the same six
 probabilities. Each command: 1 warm-up run (page cache), then the median of 5 (wall time from
 spawn to exit, peak RSS of the child from os.wait4 in a light launcher, see LAUNCHER).
@@ -31,7 +31,7 @@ COMMENT = "you are an idiot, stop editing this page"
 TORCH_SCRIPT = """
 import json, sys, torch
 from transformers import AutoTokenizer
-from model import load_checkpoint, model_from_checkpoint, resolve_encoder
+from checkpoint import load_checkpoint, model_from_checkpoint, resolve_encoder
 ckpt = load_checkpoint(sys.argv[1])
 model = model_from_checkpoint(ckpt)
 tok = AutoTokenizer.from_pretrained(resolve_encoder(ckpt["config"]["encoder"]))

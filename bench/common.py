@@ -15,6 +15,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the project's flat modules (train, model, data, predict, export)
+from errors import UsageError  # noqa: E402
+
 SHARED_TRAIN = os.path.join(ROOT, "..", "shared", "data", "jigsaw", "train.csv")
 SAMPLE = os.path.join(ROOT, "data", "sample", "train.csv")
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -22,7 +24,7 @@ SHARED_NOTE = ("../shared/data/jigsaw/train.csv is toxic-enriched (about 26% tox
                "full set): its AUCs are not comparable with full-set or leaderboard figures")
 
 
-class BenchError(RuntimeError):
+class BenchError(UsageError):
     """A missing checkpoint, data file or device: main prints one line and exits 2."""
 
 
@@ -151,10 +153,11 @@ def count_params(encoder):
     import torch
     from transformers import AutoConfig, AutoModel
 
-    from model import ToxicClassifier, _drop_pooler, resolve_encoder
+    from checkpoint import drop_pooler, resolve_encoder
+    from model import ToxicClassifier
     with torch.device("meta"):
         enc = AutoModel.from_config(AutoConfig.from_pretrained(resolve_encoder(encoder)))
-        return non_embedding_params(ToxicClassifier(_drop_pooler(enc)))
+        return non_embedding_params(ToxicClassifier(drop_pooler(enc)))
 
 
 def mfu(params, tokens, seconds, peak_gflops, training):
@@ -267,10 +270,9 @@ def write_results(name, markdown, data, out_dir=None, quick=False):
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, name + (".quick" if quick else ""))
     data = {"name": name, "mode": "quick" if quick else "full", "command": " ".join(sys.argv), **data}
+    from checkpoint import atomic_write
     for ext, text in ((".md", markdown + "\n"), (".json", json.dumps(_clean(data), indent=1, allow_nan=False))):
-        with open(stem + ext + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(stem + ext + ".tmp", stem + ext)
+        atomic_write(stem + ext, lambda f: f.write(text), mode="w")
     print(markdown)
     print(f"\nwrote {stem}.json and {stem}.md", file=sys.stderr)
     return stem + ".json"
@@ -282,30 +284,9 @@ def add_common_args(p):
 
 
 def main_guard(run, argv=None):
-    """run(argv); BenchError and the project's own one-line errors (a bad checkpoint, data file or
-    config) print one line and exit 2, as train.py and export.py do; a training stopped (signal,
-    non-finite steps, disk full) or interrupted exits with train.py's code, an unwritable file with 4."""
-    from config import ConfigError
-    from data import DataError
-    from export import ExportError
-    try:
+    """run(argv) under the exit codes every script shares (errors.py): a bad checkpoint, data file, config or
+    device is one line and exit 2; a training stopped (signal, non-finite steps, disk full) exits with
+    train.py's code; an unwritable file with 4; Ctrl-C with 130."""
+    from errors import exit_on_error
+    with exit_on_error():
         run(argv)
-    except (BenchError, ConfigError, DataError, ExportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except RuntimeError as e:
-        from model import CheckpointError  # imports torch: only once something went wrong
-        from train import TrainingStopped
-        if isinstance(e, TrainingStopped):  # Ctrl-C, SIGTERM, non-finite steps, disk full: train.py's codes
-            print(f"stopped: {e}", file=sys.stderr)
-            sys.exit(e.code)
-        if not isinstance(e, CheckpointError):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:  # Ctrl-C outside a training (which handles its own): nothing half-written
-        print("stopped: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except OSError as e:  # a file that cannot be written or read: named, no traceback
-        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
-        sys.exit(4)

@@ -5,7 +5,7 @@
     python bench/gpu_step.py --quick            # CPU, tiny random BERT, a few steps: keeps it working (CI)
 
 The encoder is BertConfig's defaults (12 layers, hidden 768, random init), saved to a temporary folder
-with the MiniLM tokenizer files and built by model.build_model, so the step is the project's own:
+with the MiniLM tokenizer files and built by checkpoint.build_model, so the step is the project's own:
 ToxicClassifier + make_optimizer + train_step. Batches: random token ids whose lengths follow the
 real data (LENGTH_QUANTILES), random labels. Variants, each a fresh model and optimizer, warm-up
 steps (compilation included) then measured steps, torch.cuda.synchronize around the timing:
@@ -97,7 +97,7 @@ def run_variant(variant, encoder, device, args, params, peak):
     import torch
 
     from config import Config
-    from model import build_model
+    from checkpoint import build_model
     from optim import make_optimizer
     from train import train_step
     name, precision, tf32, grouped, fused, compiled = variant

@@ -82,7 +82,7 @@ def torch_eager(ckpt):
     import torch
 
     from export import make_wrapper
-    from model import model_from_checkpoint
+    from checkpoint import model_from_checkpoint
     wrapper = make_wrapper(model_from_checkpoint(ckpt))  # sigmoid inside, like the ONNX graph
 
     def call(ids, mask):
@@ -150,7 +150,7 @@ def run(argv=None):
 
     import export
     from metrics import evaluate
-    from model import load_checkpoint, model_from_checkpoint
+    from checkpoint import load_checkpoint, model_from_checkpoint
     from predict import encode_texts, make_windows, read_meta
     threads = physical_cores()
     torch.set_num_threads(threads)

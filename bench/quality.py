@@ -18,7 +18,7 @@ a target missed or met by less than the noise of 4,400 rows says so. --runs scor
 train.py already wrote (their val_predictions.npz, on the same split). Prints two Markdown tables
 (the metrics; tuned F1 per label with its margins) and the verdicts;
 writes JSON to --out (default runs/quality/quality.json, beside the run folders; the figures the
-README quotes are committed in bench/results/, so name a file there only to replace them on purpose).
+docs quote are committed in bench/results/, so name a file there only to replace them on purpose).
 Every config, with --data and each --minutes, is checked before anything trains; bad input (a flag,
 the data, a run folder) prints one line naming it and exits 2.
 """
@@ -37,6 +37,7 @@ from common import ROOT, BenchError, main_guard, tiny_encoder  # noqa: E402  (pu
 
 import numpy as np  # noqa: E402
 
+from checkpoint import atomic_write  # noqa: E402
 from data import LABELS, read_csv, split_indices  # noqa: E402
 from compare import bootstrap, percentile_interval  # noqa: E402
 from metrics import evaluate, tune_thresholds  # noqa: E402
@@ -213,7 +214,7 @@ def verdict(rows):
 
 
 def default_out(quick):
-    """Beside the run folders, in git-ignored runs/: bench/results/ holds the figures the README quotes."""
+    """Beside the run folders, in git-ignored runs/: bench/results/ holds the figures the docs quote."""
     return os.path.join(ROOT, "runs", "quality", "quality.quick.json" if quick else "quality.json")
 
 
@@ -281,9 +282,9 @@ def measure(args, overrides, extra, out_root, cfg0, max_features):
                                         ds.labels[val_idx]):
         row["margin_ci"] = margin_intervals(z, base_probs, base_thresholds)
         rows.append(row)
-        with open(args.out, "w") as f:  # after every run: a crash keeps what was measured
-            json.dump({"data": args.data, "val_rows": len(val_idx), "overrides": overrides, "rows": rows,
-                       "resamples": RESAMPLES, "machine": f"{os.cpu_count()} cores"}, f, indent=1, default=float)
+        text = json.dumps({"data": args.data, "val_rows": len(val_idx), "overrides": overrides, "rows": rows,
+                           "resamples": RESAMPLES, "machine": f"{os.cpu_count()} cores"}, indent=1, default=float)
+        atomic_write(args.out, lambda f: f.write(text), mode="w")  # after every run: a crash keeps what was measured
     print("\n" + (f"config overrides: {' '.join(overrides)}\n\n" if overrides else "") + table(rows) + "\n\n" +
           f1_table(rows) + "\n\n" + verdict(rows))
     print(f"\nwrote {args.out}")

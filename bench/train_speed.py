@@ -4,16 +4,16 @@
     python bench/train_speed.py --steps 30       # more measured steps: less sampling noise, longer
     python bench/train_speed.py --quick          # tiny random BERT on data/sample (CI, seconds)
 
-Each variant runs train.train (the project's own loop, configs/mini.json's hyper-parameters but
-dropout 0.1 and head truncation at every evaluation too, as when these figures were first measured;
-the mini configs now train without dropout, which is faster again on a CPU, and validate on up to
-512 tokens: see README, "How good is it on a CPU?") in a
-fresh process, so peak RSS is its own, for warm-up + measured optimizer steps; the warm-up steps and
-every evaluation are left out of the figures. Variants:
+Each variant times train.train_step itself (the project's own step, on the data, model and optimizer
+train.py builds; configs/mini.json's hyper-parameters but dropout 0.1 and head truncation at every
+evaluation too, as when these figures were first measured; the mini configs now train without dropout,
+which is faster again on a CPU: see docs/experiments.md) in a fresh process, so peak RSS is its own, for
+warm-up + measured optimizer steps; the warm-up steps and the final validation are left out of the
+figures. Variants:
   (a) pad every batch to max_length, random batches (pad_to_max_length true, group_by_length false)
   (b) dynamic padding + length grouping, fp32
   (c) as (b) with bf16 autocast: "n/a" on CPUs without native bf16 (AVX2 emulates it ~400x slower)
-The validation AUC is each run's final eval, so a faster variant cannot hide a worse model.
+The validation AUC is one pass after the last step, so a faster variant cannot hide a worse model.
 Writes bench/results/train_speed.json and .md.
 """
 import argparse
@@ -21,6 +21,7 @@ import csv
 import os
 import sys
 import tempfile
+import time
 from contextlib import redirect_stderr, redirect_stdout
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +65,7 @@ def mean_train_tokens(csv_path, encoder, max_length):
     from transformers import AutoTokenizer
 
     from data import read_csv, split_indices, tokenize
-    from model import resolve_encoder
+    from checkpoint import resolve_encoder
     ds = read_csv(csv_path)
     train_idx, _ = split_indices(ds.labels, 0.1, 1234)  # configs/mini.json keeps the default split
     tok = AutoTokenizer.from_pretrained(resolve_encoder(encoder)).backend_tokenizer
@@ -72,17 +73,40 @@ def mean_train_tokens(csv_path, encoder, max_length):
 
 
 def run_variant(argv, log_path, threads):
-    """In a fresh process: train.train on load_config(argv) -> its per-step stats, final AUC, peak RSS."""
+    """In a fresh process: the config's data, model and optimizer as train.py builds them, then train.py's own
+    train_step timed step by step (no evaluation, checkpoint or log in between), then one validation pass
+    -> per-step seconds and tokens, the final AUC, peak RSS."""
     import torch
     torch.set_num_threads(threads)
     import train
     from config import load_config
+    from data import micro_batches, prepare
+    from distributed import init_distributed
+    from optim import get_lr
+    from validation import run_eval
     cfg, _ = load_config(argv)
+    train.limit_heap_growth()  # what train.train does first: its allocator settings are part of its speed
+    _, _, device = init_distributed(cfg)  # one process: the config's device
+    precision = train.resolve_precision(cfg.precision, device)
+    seconds, real_tokens, padded_tokens = [], [], []
     with open(log_path, "w") as log, redirect_stdout(log), redirect_stderr(log):
-        r = train.train(cfg)
-    return {"precision": r["precision"], "step_seconds": r["step_seconds"], "step_real_tokens": r["step_real_tokens"],
-            "step_padded_tokens": r["step_padded_tokens"], "val_auc": (r["last"] or {}).get("aucroc_macro"),
-            "peak_rss_mb": peak_rss_mb()}
+        data = prepare(cfg, train.load_tokenizer(cfg), cfg.batch_size * cfg.accum_steps)
+        model, optimizer, scaler, autocast, pos_weight = train.build_training(cfg, data, precision, device)
+        batches = train.on_device(micro_batches(data, cfg, rank=0, world=1, samples_seen=0), device)
+        model.train()
+        for step in range(cfg.max_steps):
+            for g in optimizer.param_groups:
+                g["lr"] = g["peak_lr"] * get_lr(step, cfg.max_steps, cfg.warmup_steps)
+            train.seed_step(cfg, 0, step)
+            t0 = time.perf_counter()
+            _, _, real, padded = train.train_step(model, model, batches, optimizer, scaler, autocast, pos_weight,
+                                                  cfg.accum_steps, cfg.grad_clip, skip_nonfinite=True)
+            seconds.append(time.perf_counter() - t0)
+            real_tokens.append(real)
+            padded_tokens.append(padded)
+        metrics, _, _ = run_eval(model, data.val_seqs, data.val_idx, data.ds.labels, cfg, device, autocast, 0, 1)
+    return {"precision": precision, "step_seconds": seconds, "step_real_tokens": real_tokens,
+            "step_padded_tokens": padded_tokens, "val_auc": metrics["aucroc_macro"], "peak_rss_mb": peak_rss_mb()}
 
 
 def figures(r, warmup, batch, params, peak_gflops):

@@ -286,8 +286,8 @@ def test_a_stopped_training_in_a_benchmark_exits_as_train_py_does(capsys, kind, 
     """A 60-minute quality run stopped by SIGTERM says so in one line with train.py's code, no traceback."""
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     from common import main_guard
-    from train import TrainingStopped
-    exc = {"stopped": TrainingStopped("SIGTERM at step 7; last.pt written, continue with --resume", 143),
+    from errors import Stopped
+    exc = {"stopped": Stopped("SIGTERM at step 7; last.pt written, continue with --resume", 143),
            "ctrl-c": KeyboardInterrupt(), "disk": OSError(28, "No space left on device", "out.json")}[kind]
 
     def run(argv):

@@ -1,4 +1,4 @@
-"""compare.py and the metrics it relies on, on synthetic run folders (seconds), plus one tiny real run.
+"""compare.py on synthetic run folders (seconds), plus one tiny real run (metrics.py itself: test_metrics.py).
 
     python -m pytest -q tests/test_compare.py
 """
@@ -10,12 +10,11 @@ import sys
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
 
 import compare
 from conftest import ROOT
 from data import LABELS
-from metrics import THRESHOLD_GRID, f1_scores, tune_thresholds, weighted_f1s, weighted_label_aucs
+from metrics import tune_thresholds
 
 L = len(LABELS)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -72,71 +71,6 @@ def synthetic_runs(root, n=600, seeds=(0, 1), d=(("cls", 1.5), ("mean", 1.0)), s
     shared = rng.standard_normal((n, L))
     return [write_run(os.path.join(root, f"{pool}_s{s}"), synthetic_scores(rng, labels, dd, shared), labels, s, pool)
             for pool, dd in d for s in seeds]
-
-
-# ----------------------------------------------------------------------------
-# metrics: thresholds and resampled metrics
-
-
-def test_tune_thresholds_finds_planted_optimum():
-    """Per label, positives start exactly at the planted threshold and negatives sit just below it,
-    so F1 is 1 there and below 1 at every other grid value."""
-    rng = np.random.default_rng(0)
-    planted = np.array([0.3, 0.7, 0.45, 0.62, 0.5, 0.2])
-    n = 400
-    labels = (rng.random((n, L)) < 0.3).astype(np.uint8)
-    labels[:20] = 1
-    labels[20:40] = 0
-    probs = np.where(labels == 1, rng.uniform(planted, 0.99, (n, L)), rng.uniform(0.01, planted - 0.01, (n, L)))
-    probs[:20] = planted          # positives on the threshold: one grid step up loses them
-    probs[20:40] = planted - 0.005  # negatives just under it: one grid step down takes them in
-    th = tune_thresholds(probs, labels)
-    assert np.allclose(th, planted), th
-    assert f1_scores(probs, labels, th) == (1.0, 1.0)
-    for j, t in enumerate(planted):  # strictly worse on both neighbours
-        for other in (t - 0.01, t + 0.01):
-            trial = th.copy()
-            trial[j] = other
-            assert f1_scores(probs, labels, trial)[0] < 1.0
-    few = labels.copy()
-    few[:, 0] = 0
-    few[:9, 0] = 1  # under MIN_POSITIVES_TO_TUNE: keeps 0.5
-    assert tune_thresholds(probs, few)[0] == 0.5
-    assert set(np.round(tune_thresholds(rng.random((n, L)), labels), 2)) <= set(THRESHOLD_GRID)
-
-
-def test_per_label_tuned_f1_is_what_macro_f1_averages():
-    from metrics import evaluate
-    rng = np.random.default_rng(2)
-    labels = (rng.random((300, L)) < 0.2).astype(np.uint8)
-    probs = np.clip(labels * 0.4 + rng.random((300, L)) * 0.6, 0, 1)
-    th = tune_thresholds(probs, labels)
-    m = evaluate(probs, labels, th)
-    per_label = [m[f"f1_{name}_tuned"] for name in LABELS]
-    assert np.mean(per_label) == pytest.approx(m["macro_f1_tuned"])
-    y, pred = labels[:, 3] == 1, probs[:, 3] >= th[3]  # threat, by hand
-    assert per_label[3] == pytest.approx(2 * (y & pred).sum() / (y.sum() + pred.sum()))
-    assert "f1_toxic_tuned" not in evaluate(probs, labels)  # no thresholds, no tuned F1
-
-
-def test_weighted_metrics_equal_metrics_on_resampled_rows():
-    """Bootstrap counts as weights give exactly sklearn's AUC and F1 of the resampled rows, ties included."""
-    rng = np.random.default_rng(1)
-    n = 200
-    labels = (rng.random((n, L)) < 0.2).astype(np.uint8)
-    labels[:, 5] = 0
-    labels[:2, 5] = 1  # so rare that some resamples have no positive
-    probs = np.round(rng.random((n, L)) * 0.6 + 0.3 * labels, 2)  # rounded: many ties
-    idx = rng.integers(0, n, (40, n))
-    counts = np.stack([np.bincount(i, minlength=n) for i in idx])
-    th = np.full(L, 0.45)
-    aucs, f1s = weighted_label_aucs(probs, labels, counts), weighted_f1s(probs, labels, th, counts)
-    for r in range(len(idx)):
-        y, p = labels[idx[r]], probs[idx[r]]
-        expected = [roc_auc_score(y[:, j], p[:, j]) if 0 < y[:, j].sum() < n else math.nan for j in range(L)]
-        np.testing.assert_allclose(aucs[r], expected, rtol=1e-12)
-        assert f1s[r].mean() == pytest.approx(f1_scores(p, y, th)[0], abs=1e-12)
-    assert np.isnan(aucs[:, 5]).any()  # the one-class case is exercised
 
 
 # ----------------------------------------------------------------------------
@@ -225,14 +159,30 @@ def test_one_group_gives_the_per_group_table_only(tmp_path):
 
 def test_a_key_added_after_a_run_counts_as_its_default(tmp_path):
     old, new, other = synthetic_runs(tmp_path / "runs", d=(("cls", 1.0),), seeds=(0, 1, 2))
-    for path, extra in ((new, {"oversample": 1}), (other, {"oversample": 3})):  # old: no such key yet
+    # old: no truncation key (trained before it existed), so it counts as the default, "head"
+    for path, extra in ((new, {"truncation": "head"}), (other, {"truncation": "head_tail"})):
         with open(os.path.join(path, "run.json")) as f:
             meta = json.load(f)
         meta["config"].update(extra)
         with open(os.path.join(path, "run.json"), "w") as f:
             json.dump(meta, f)
     text = compare.compare([old, new, other], str(tmp_path / "out"), 1000, 0)
-    assert "| A | oversample=1 | 0, 1 |" in text and "| B | oversample=3 | 2 |" in text
+    assert "2 groups" in text  # not 3: the old run joins the one with the default
+    assert "| A | truncation=head | 0, 1 |" in text and "| B | truncation=head_tail | 2 |" in text
+
+
+def test_a_removed_key_at_its_off_value_is_the_same_experiment(tmp_path):
+    """run.json files from before 2026-12-01 hold ema_decay, oversample and layer_lr_decay; off, they
+    trained as runs without them do. On, they are another experiment, and labelled so."""
+    old, new, other = synthetic_runs(tmp_path / "runs", d=(("cls", 1.0),), seeds=(0, 1, 2))
+    for path, extra in ((old, {"ema_decay": 0.0, "oversample": 1, "layer_lr_decay": 1.0}), (other, {"oversample": 3})):
+        with open(os.path.join(path, "run.json")) as f:
+            meta = json.load(f)
+        meta["config"].update(extra)
+        with open(os.path.join(path, "run.json"), "w") as f:
+            json.dump(meta, f)
+    text = compare.compare([old, new, other], str(tmp_path / "out"), 1000, 0)
+    assert "2 groups" in text and "| B | oversample=3 | 2 |" in text, text
 
 
 def test_cli_refuses_runs_on_different_rows(tmp_path):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data import (LABELS, DataError, epoch_order, oversample_rare, pad_batch, read_csv, read_test, sorted_batches,
+from data import (LABELS, DataError, epoch_order, pad_batch, read_csv, read_test, sorted_batches,
                   split_indices, tokenize)
 
 HEADER = "id,comment_text," + ",".join(LABELS)
@@ -142,22 +142,6 @@ def test_epoch_order_groups_lengths_and_keeps_steps_whole():
     # accumulation 2 x 8 and one batch of 16 hold the same samples in every step
     one = epoch_order(lengths, 16, 1, seed=1, epoch=0).reshape(-1, 16)
     assert all(set(a) == set(b) for a, b in zip(order.reshape(-1, 16), one))
-
-
-def test_oversample_repeats_only_rows_with_a_rare_positive():
-    """Rare means under a quarter of the commonest label's rate, so adding clean rows changes nothing."""
-    rng = np.random.default_rng(0)
-    rates = np.array([0.40, 0.02, 0.30, 0.01, 0.20, 0.05])  # rare: severe_toxic, threat, identity_hate
-    labels = (rng.random((4000, 6)) < rates).astype(np.uint8)
-    idx = np.arange(0, 4000, 2)  # a training split: every other row
-    out, rare = oversample_rare(labels, idx, copies=3)
-    assert rare == ["severe_toxic", "threat", "identity_hate"]
-    has_rare = labels[:, [1, 3, 5]].any(1)
-    counts = np.bincount(out, minlength=4000)
-    assert (counts[idx] == np.where(has_rare[idx], 3, 1)).all() and counts[1::2].sum() == 0
-    assert oversample_rare(labels, idx, copies=1)[0] is idx  # off: the split as it was
-    clean = np.vstack([labels, np.zeros((20000, 6), np.uint8)])  # a five-times cleaner dataset
-    assert oversample_rare(clean, np.arange(len(clean)), copies=2)[1] == rare
 
 
 def test_pad_batch_and_sorted_batches():

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from conftest import ROOT, run_train, tiny_args
-from model import load_checkpoint
+from checkpoint import load_checkpoint
 
 
 def _torchrun(args, nproc=2):

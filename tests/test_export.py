@@ -31,7 +31,7 @@ def export_dir(tiny_run, tmp_path_factory):
 def torch_probs(ckpt_path, ids, mask):
     import torch
 
-    from model import load_checkpoint, model_from_checkpoint
+    from checkpoint import load_checkpoint, model_from_checkpoint
     model = model_from_checkpoint(load_checkpoint(ckpt_path))
     with torch.no_grad():
         return torch.sigmoid(model(torch.from_numpy(ids), torch.from_numpy(mask))).numpy()
@@ -90,7 +90,7 @@ def test_predict_windows_are_as_long_as_validation_saw(tiny_run, tmp_path):
     windows are that long too."""
     import torch
 
-    from model import save_checkpoint
+    from checkpoint import save_checkpoint
     ckpt = torch.load(tiny_run / "best.pt", weights_only=True)
     ckpt["config"] = {**ckpt["config"], "eval_max_length": 2 * ckpt["config"]["max_length"]}
     save_checkpoint(ckpt, str(tmp_path / "best.pt"))
@@ -151,7 +151,7 @@ def test_unvalidated_checkpoints_export_with_a_warning(tiny_run, tmp_path, capsy
     evaluation (no metrics, 0.5 thresholds) export all the same, with one warning line each; best.pt none."""
     import torch
 
-    from model import save_checkpoint
+    from checkpoint import save_checkpoint
     last = torch.load(tiny_run / "last.pt", weights_only=True)
     assert export.checkpoint_warnings(torch.load(tiny_run / "best.pt", weights_only=True), "best.pt") == []
     save_checkpoint({**last, "metrics": {}, "thresholds": [0.5] * len(LABELS)}, str(tmp_path / "last.pt"))

@@ -1,7 +1,8 @@
 """model.py: pooling, padding invariance, rebuilding from a checkpoint dict."""
 import torch
 
-from model import ToxicClassifier, build_model, model_config, model_from_checkpoint
+from checkpoint import build_model, model_config, model_from_checkpoint
+from model import ToxicClassifier
 
 
 def _batch():

@@ -78,7 +78,7 @@ def test_short_comments_match_pytorch_on_training_tokens(export_dir, fp32, tiny_
     from transformers import AutoTokenizer
 
     from data import pad_batch, tokenize
-    from model import load_checkpoint, model_from_checkpoint
+    from checkpoint import load_checkpoint, model_from_checkpoint
     ckpt = load_checkpoint(str(tiny_run / "best.pt"))
     texts = ["you are an idiot", "", "   ", "Thanks! 🙂 Привет 世界 مرحبا", "a " * 120]
     tok = AutoTokenizer.from_pretrained(ckpt["config"]["encoder"]).backend_tokenizer
