@@ -8,10 +8,12 @@
 
 Kaggle's test set: read_test("test.csv", "test_labels.csv") drops the rows labelled -1.
 """
+import contextlib
 import csv
 import hashlib
 import io
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,33 +38,54 @@ class Dataset:
 # ----------------------------------------------------------------------------
 # reading
 
-def read_text(path):
-    """Whole file as str: BOM dropped, invalid UTF-8 replaced and counted (never silently)."""
+def read_lines(path):
+    """Lines of a file, or of stdin for "-", one at a time -> (line with its end, n invalid UTF-8 sequences
+    replaced with U+FFFD). UTF-8 never puts byte 0x0A inside a character, so decoding line by line gives
+    exactly what decoding the whole file would, in the memory of one line."""
     try:
-        raw = open(path, "rb").read()
+        f = sys.stdin.buffer if path == "-" else open(path, "rb")
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    return decode_bytes(raw)
+    with f if path != "-" else contextlib.nullcontext():
+        first = True
+        for raw in f:
+            yield decode_bytes(raw) if first else decode_bytes(raw, bom=False)
+            first = False
 
 
-def decode_bytes(raw):
-    """Bytes -> (text, n invalid UTF-8 sequences replaced with U+FFFD); a BOM is dropped. Files and stdin alike."""
+def decode_bytes(raw, bom=True):
+    """Bytes -> (text, n invalid UTF-8 sequences replaced with U+FFFD); a leading BOM is dropped."""
+    codec = "utf-8-sig" if bom else "utf-8"
     try:
-        return raw.decode("utf-8-sig"), 0
+        return raw.decode(codec), 0
     except UnicodeDecodeError:
-        text = raw.decode("utf-8-sig", errors="replace")
-        return text, text.count("\ufffd") - raw.decode("utf-8-sig", errors="ignore").count("\ufffd")
+        text = raw.decode(codec, errors="replace")
+        return text, text.count("\ufffd") - raw.decode(codec, errors="ignore").count("\ufffd")
 
 
-def read_rows(path, required):
-    """Yield (where, dict) per CSV record; where reads 'row 3 (line 5)', the header being row 1."""
-    text, n_bad = read_text(path)
-    if not text.strip():
+def read_rows(path, required, header_only=False):
+    """Yield (where, dict) per CSV record, reading the file as it goes; where reads 'row 3 (line 5)', the
+    header being row 1. header_only yields the header's column names alone, so its errors come at once."""
+    bad = [0]  # invalid UTF-8 sequences replaced, counted as the lines go by
+
+    def lines():  # split again at a lone \r too, as a whole-file reader with newline="" would
+        for line, n in read_lines(path):
+            bad[0] += n
+            yield from io.StringIO(line, newline="")
+    reader = csv.reader(lines())
+    try:
+        yield from _records(path, reader, required, header_only)
+    except csv.Error as e:  # e.g. a NUL byte, or a quote left open at the end of the file
+        raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
+    if bad[0]:
+        print(f"warning: {path}: {bad[0]} invalid UTF-8 byte sequence(s) replaced with U+FFFD", file=sys.stderr)
+
+
+def _records(path, reader, required, header_only):
+    header = next((row for row in reader if any(c.strip() for c in row)), None)
+    if header is None:
         raise DataError(f"{path}: file is empty")
-    if n_bad:
-        print(f"warning: {path}: {n_bad} invalid UTF-8 byte sequence(s) replaced with U+FFFD")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in next(reader)]
+    header = [h.strip() for h in header]
     missing = [c for c in required if c not in header]
     twice = sorted({c for c in required if header.count(c) > 1})  # which copy is meant cannot be known
     if twice:
@@ -70,6 +93,9 @@ def read_rows(path, required):
     if missing:
         raise DataError(f"{path}: row 1 (header): missing column(s) {', '.join(missing)}; "
                         f"found {', '.join(header)}")
+    if header_only:
+        yield header
+        return
     line, number = reader.line_num + 1, 1  # quoted newlines make records span several lines
     for row in reader:
         where, line = f"row {number + 1} (line {line})", reader.line_num + 1
@@ -303,7 +329,20 @@ def pad_batch(seqs, pad_id=0, pad_to=None):
     return ids, mask
 
 
-def sorted_batches(lengths, batch_size):
-    """Index batches in ascending length order, for inference: least padding, same results."""
+def sorted_batches(lengths, batch_size, max_tokens=None):
+    """Index batches in ascending length order, for inference: least padding, same results.
+
+    With max_tokens, a batch also ends before rows x its longest length would pass max_tokens (one row
+    at least): activations, and so memory, stay bounded however long the comments are."""
     order = np.argsort(lengths, kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if max_tokens is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start, sorted_lengths = [], 0, np.asarray(lengths)[order]
+    while start < len(order):
+        # ascending lengths: a batch of k rows from start is k x sorted_lengths[start + k - 1] tokens wide
+        k = np.arange(1, min(batch_size, len(order) - start) + 1)
+        fits = k * sorted_lengths[start:start + len(k)] <= max_tokens
+        n = max(1, int(np.argmin(fits)) if not fits.all() else len(k))
+        batches.append(order[start:start + n])
+        start += n
+    return batches

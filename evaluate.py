@@ -3,10 +3,10 @@
     python evaluate.py --model exports/mini --data data/sample/train.csv      # a Kaggle train.csv
     python evaluate.py --test test.csv --test_labels test_labels.csv          # Kaggle's test set
     python evaluate.py --test test.csv --test_labels test_labels.csv --submission submission.csv
-    python evaluate.py --data labelled.csv --fp32                             # the fp32 model, not int8
+    python evaluate.py --data labelled.csv --runtime onnxruntime-fp32         # a runtime of predict.py's
 
---model defaults to the newest folder under exports/, and the int8 model is used when the export has
-one, as in predict.py, whose scoring this reuses (windows over long comments, max per label).
+--model defaults to the newest folder under exports/, and the runtime to the one predict.py picks for
+this CPU, as in predict.py, whose scoring this reuses (windows over long comments, max per label).
 The test set's rows labelled -1 (not scored by Kaggle) are dropped from the metrics (data.read_test);
 --submission writes every row of test.csv (or of --data) in Kaggle's submission format.
 F1 is given at the export's per-label thresholds (tuned on validation) and at 0.5.
@@ -36,12 +36,12 @@ def report(m, thresholds, n_rows, source):
     return "\n".join(out)
 
 
-def run(model_dir, data=None, test=None, test_labels=None, submission=None, fp32=False, batch_size=32):
+def run(model_dir, data=None, test=None, test_labels=None, submission=None, runtime="auto", batch_size=32):
     """Score and evaluate -> (metrics dict, probs of the scored rows, labels). Prints the report."""
     import numpy as np
 
     from metrics import evaluate
-    model = load_model(model_dir, fp32)
+    model = load_model(model_dir, runtime)
     if list(model.labels) != list(LABELS):
         raise PredictError(f"{model_dir}: labels {model.labels} differ from this project's {list(LABELS)}")
     if data:
@@ -50,7 +50,8 @@ def run(model_dir, data=None, test=None, test_labels=None, submission=None, fp32
     else:
         ds = read_test(test, test_labels)  # the scored rows only
         everything, source = (read_csv(test, labels=False) if submission else ds), test
-    print(f"model: {model.path} ({model.kind}); scoring {len(everything.texts)} rows", file=sys.stderr)
+    print(f"model: {model.path} on {model.runtime} ({model.why}); scoring {len(everything.texts)} rows",
+          file=sys.stderr)
     probs_all = score(model, everything.texts, batch_size)
     if submission:
         write_submission(submission, everything.ids, model.labels, probs_all)
@@ -72,7 +73,8 @@ def main(argv=None):
     p.add_argument("--test", help="Kaggle's test.csv (with --test_labels)")
     p.add_argument("--test_labels", help="Kaggle's test_labels.csv; rows labelled -1 are dropped")
     p.add_argument("--submission", help="write a Kaggle submission CSV of every row scored")
-    p.add_argument("--fp32", action="store_true", help="use the fp32 model even when an int8 one exists")
+    p.add_argument("--runtime", default="auto", help="as predict.py's: auto, openvino, onnxruntime-int8 or "
+                                                     "onnxruntime-fp32")
     p.add_argument("--batch_size", type=int, default=32, help="windows per onnxruntime call")
     args = p.parse_args(argv)
     if bool(args.data) == bool(args.test) or bool(args.test) != bool(args.test_labels):
@@ -81,7 +83,7 @@ def main(argv=None):
         if args.batch_size < 1:
             raise PredictError(f"--batch_size must be >= 1, got {args.batch_size}")
         run(args.model or newest_export(), args.data, args.test, args.test_labels, args.submission,
-            args.fp32, args.batch_size)
+            args.runtime, args.batch_size)
 
 
 if __name__ == "__main__":

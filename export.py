@@ -11,16 +11,21 @@ Writes into the output folder (replaced as a whole, and only once every check ha
   model.int8.onnx  with --quantize int8: dynamic quantization (int8 weights per channel, 7-bit range
                    for CPUs without VNNI; see quantize_int8), about 1/4 the size, saved already
                    optimized for onnxruntime (its fused com.microsoft ops: onnxruntime only, while
-                   model.onnx is plain ONNX); predict.py uses it by default, the recommended CPU
-                   model (predict.py --fp32 forces model.onnx).
+                   model.onnx is plain ONNX); predict.py runs it where it is the fastest (runtimes.py).
   tokenizer.json   the encoder's tokenizer, padding and truncation off (predict.py makes windows).
   export.json      format_version, labels, max_length (the config's eval_max_length if set: the
                    window predict.py scores), pooling, encoder, per-label thresholds, the
-                   checkpoint's step and validation metrics, the model files, parity figures.
+                   checkpoint's step and validation metrics, the model files, parity figures, and
+                   runtime_checks: each runtime's mean AUC against fp32 on the validation rows.
 Parity: onnxruntime and PyTorch score the padded batch of varied-length comments the graph was
 traced on, and a second one of another batch size and length (the short comments alone); the export
 fails (exit 2, nothing published) when the fp32 max abs difference on either exceeds 1e-4. A
 checkpoint with no validation metrics, or a last.pt with training state, is exported with a warning.
+Runtime checks: every runtime predict.py can pick here (onnxruntime fp32 and int8, OpenVINO where
+installed) scores the first --check_rows rows of the checkpoint's own validation split (its
+data_path, read relative to the current folder, as train.py read it) through predict.py; one that
+loses more than MAX_AUC_DROP mean AUC against fp32, or fails, is recorded so and never picked. About
+20-45 s a runtime for MiniLM's 2,000 rows on 2 cores; bert-base takes several times that.
 """
 import argparse
 import json
@@ -38,6 +43,9 @@ from predict import FORMAT_VERSION, encode_texts, make_windows, window_batch
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = {False: "configs/base.json", True: "configs/average.json"}
 PARITY_TOL = 1e-4
+MAX_AUC_DROP = 0.002  # mean AUC a runtime may lose against fp32 on the validation rows and still be picked
+# Validation rows each runtime is checked on: 2,000 take MiniLM about 20-45 s a runtime on 2 cores; 0: all
+CHECK_ROWS = 2000
 OPSET = 17  # the first opset with LayerNormalization as one op
 # sdpa (the transformers default) traces correctly with a padding mask: the exported graph matches
 # PyTorch on other batch sizes, lengths and paddings than the trace's (every export checks a second
@@ -193,8 +201,59 @@ def quantize_int8(src, dst):
             os.remove(raw)
 
 
-def export(ckpt_path, out, quantize=None):
-    """Export, check parity, publish to out. Returns the export.json dict."""
+def validation_rows(cfg, max_rows):
+    """The checkpoint's own validation rows (its data_path, val_fraction and split_seed) -> (texts, labels),
+    or None where that file is not on this machine. max_rows > 0 keeps the first max_rows of them."""
+    from data import read_csv, split_indices
+    if not os.path.isfile(cfg["data_path"]):
+        return None
+    ds = read_csv(cfg["data_path"])
+    _, val = split_indices(ds.labels, cfg["val_fraction"], cfg["split_seed"])
+    val = val[:max_rows] if max_rows else val
+    return [ds.texts[i] for i in val], ds.labels[val]
+
+
+def check_runtimes(folder, rows, thresholds):
+    """Every runtime predict.py can pick on this machine, scored through predict.py on the validation rows
+    against onnxruntime fp32 -> {runtime: mean AUC, its change, decision agreement, ok}. ok is False where
+    mean AUC falls more than MAX_AUC_DROP below fp32's, or the runtime fails here: predict.py then never
+    picks it. OpenVINO is checked at the precision this CPU gives it (bf16 or f32), and recorded so."""
+    import numpy as np
+
+    import predict
+    import runtimes
+    from metrics import evaluate
+    texts, labels = rows
+    meta, th, ref, out = predict.read_meta(folder), np.asarray(thresholds), None, {}
+    for runtime in runtimes.RUNTIMES[::-1]:  # onnxruntime-fp32 first: the reference
+        try:
+            runtimes.check(runtime, meta, folder)
+        except runtimes.RuntimeChoiceError:  # not exported, or not installed here
+            continue
+        try:
+            model = predict.load_model(folder, runtime)
+            probs = predict.score(model, texts, progress=False).astype(np.float64)
+            if not np.isfinite(probs).all():
+                raise ValueError("non-finite probabilities")
+        except Exception as e:  # a runtime that cannot run here is recorded, not fatal: fp32 still serves
+            out[runtime] = {"ok": False, "error": predict.first_line(e), "rows": len(texts)}
+            print(f"{runtime}: failed on the validation rows ({predict.first_line(e)}); predict.py will not pick it")
+            continue
+        ref = probs if ref is None else ref
+        auc, ref_auc = evaluate(probs, labels)["aucroc_macro"], evaluate(ref, labels)["aucroc_macro"]
+        drop = ref_auc - auc
+        out[runtime] = {"mean_auc": None if auc != auc else auc, "auc_drop_vs_fp32": None if drop != drop else drop,
+                        "decision_agreement": float(((probs >= th) == (ref >= th)).mean()), "rows": len(texts),
+                        "ok": runtime == "onnxruntime-fp32" or bool(drop <= MAX_AUC_DROP),  # nan: not shown ok
+                        "precision": getattr(model.session, "precision", None)}
+        print(f"{runtime}: mean AUC {auc:.4f} on {len(texts):,} validation rows ({auc - ref_auc:+.4f} vs fp32), "
+              f"decisions agree with fp32 {out[runtime]['decision_agreement']:.1%}"
+              + ("" if out[runtime]["ok"] else f": more than {MAX_AUC_DROP} lost, predict.py will not pick it"))
+    return out
+
+
+def export(ckpt_path, out, quantize=None, check_rows=CHECK_ROWS):
+    """Export, check parity and every runtime on the validation rows, publish to out -> the export.json dict."""
     import numpy as np
     import onnx
     import torch
@@ -272,13 +331,32 @@ def export(ckpt_path, out, quantize=None):
                 "parity": parity, "opset": OPSET, "attn_implementation": ATTN_IMPLEMENTATION,
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                              "onnxruntime": onnxruntime.__version__}}
-        text = json.dumps(meta, indent=1, allow_nan=False)  # strict JSON: an undefined AUC (nan) is null
-        atomic_write(os.path.join(tmp, "export.json"), lambda f: f.write(text), mode="w")
+        write_meta(tmp, meta)
+        rows = validation_rows(cfg, check_rows) if len(models) > 1 or runtimes_installed() else None
+        if rows is None and (len(models) > 1 or runtimes_installed()):
+            print(f"warning: {cfg['data_path']} (the checkpoint's data) is not here, relative to this folder: "
+                  f"the runtimes are not checked on validation rows", file=sys.stderr)
+        elif rows is not None:
+            meta["runtime_checks"] = check_runtimes(tmp, rows, thresholds)
+            if not meta["runtime_checks"].get("onnxruntime-int8", {}).get("ok", True):
+                meta["default_model"] = "fp32"
+            write_meta(tmp, meta)
         publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {out}/: {', '.join(sorted(os.listdir(out)))}")
     return meta
+
+
+def runtimes_installed():
+    """Whether a runtime other than onnxruntime fp32 could serve an fp32-only export (OpenVINO)."""
+    from runtimes import installed
+    return installed("openvino")
+
+
+def write_meta(folder, meta):
+    text = json.dumps(meta, indent=1, allow_nan=False)  # strict JSON: an undefined AUC (nan) is null
+    atomic_write(os.path.join(folder, "export.json"), lambda f: f.write(text), mode="w")
 
 
 # ----------------------------------------------------------------------------
@@ -290,6 +368,8 @@ def main(argv=None):
     src.add_argument("--checkpoint", help="any checkpoint written by train.py")
     p.add_argument("--out", help="output folder (default: exports/<run folder name>)")
     p.add_argument("--quantize", choices=["int8"], help="also write a dynamically quantized int8 model")
+    p.add_argument("--check_rows", type=int, default=CHECK_ROWS, help="validation rows each runtime is checked "
+                                                                       f"on (default {CHECK_ROWS}; 0: all of them)")
     args = p.parse_args(argv)
     with exit_on_error():
         ckpt, hint = (args.checkpoint, None) if args.checkpoint else default_checkpoint(args.avg)
@@ -298,7 +378,9 @@ def main(argv=None):
             raise ExportError(f"{ckpt}: no such checkpoint{more}")
         out = args.out or os.path.join("exports", os.path.basename(os.path.dirname(os.path.abspath(ckpt))))
         check_out_dir(out)
-        export(ckpt, out, args.quantize)
+        if args.check_rows < 0:
+            raise ExportError(f"--check_rows must be >= 0, got {args.check_rows}")
+        export(ckpt, out, args.quantize, args.check_rows)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,18 @@
-"""Score comments with a model exported by export.py: onnxruntime, tokenizers and numpy; no torch.
+"""Score comments with a model exported by export.py: OpenVINO or onnxruntime, tokenizers and numpy; no torch.
 
     python predict.py "you are an idiot" "thanks for the edit"     # a table: 6 probabilities + labels
     python predict.py --json "you are an idiot"                    # one JSON object per line
     python predict.py --file comments.txt                          # one comment per line
     cat comments.txt | python predict.py -                         # the same from stdin
     python predict.py --file test.csv --out submission.csv         # Kaggle submission: id + 6 labels
-    python predict.py --model exports/mini --fp32 --file comments.jsonl
+    python predict.py --model exports/mini --runtime onnxruntime-fp32 --file comments.jsonl
 
 --file reads .csv (comment_text, id if present), .jsonl (`text` or `comment_text`, `id` if present)
 and anything else as one comment per line (a blank line is an empty comment: rows match lines); `-`
 reads stdin the same way. Invalid UTF-8 is replaced with U+FFFD and counted in a warning.
---model DIR: an export folder, by default the newest under exports/. Its int8 model is used when it
-has one (the recommended CPU model, see export.py); --fp32 forces fp32. Output: probabilities in
+--model DIR: an export folder, by default the newest under exports/. --runtime: by default the fastest
+for this CPU (runtimes.py: OpenVINO in bf16 where the CPU has native bf16, else onnxruntime int8 when
+the export has it, else fp32), said on stderr; a name forces one. Output: probabilities in
 Kaggle's label order and the labels at or above the export's per-label thresholds (tuned on
 validation). With --out and no --json, only the file is written.
 
@@ -20,9 +21,13 @@ tokens ([CLS] + max_length-2 tokens + [SEP]); consecutive windows share a quarte
 (so a phrase that long is always seen whole), the last window ends at the comment's end, and each
 label takes the max over the comment's windows (toxic anywhere means toxic). A comment that fits is
 a single window, exactly what training saw. int8 scores can move by about 1e-3 with the batch a
-window lands in (activations are quantized per batch); fp32 scores do not depend on the batch.
+window lands in (activations are quantized per batch), and OpenVINO's bf16 ones slightly too; fp32
+scores do not depend on the batch. Input is read, scored and printed BLOCK comments at a time, and the
+submission file is published whole at the end: an error in a later block (a bad line, a repeated id)
+stops the run after the earlier blocks were printed, and leaves no submission.
 """
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -37,6 +42,16 @@ OVERLAP = 4  # consecutive windows share 1/OVERLAP of their tokens
 PIECE_CHARS = 1 << 15  # huge comments are tokenized in pieces cut at spaces: same ids, 10x less memory
 ENCODE_CHARS = 1 << 19  # characters per tokenizer call: bounds the memory of its Encoding objects
 PROGRESS_MIN = 256  # windows; below this a progress bar is noise
+# Padded tokens per model call: batch 32 of comments up to 64 tokens, 4 windows of 512. Bounds the
+# activations (an fp32 attention score tensor of 32 x 12 x 512 x 512 is 400 MB alone): 5,000 real comments
+# peak at 465 MB with onnxruntime int8 instead of 2.9 GB, and run 1.12x faster (bench/README.md).
+MAX_TOKENS = 2048
+# An input of at most this many characters in all is a small job, for onnxruntime int8: OpenVINO starts
+# 0.6 s later (0.95 s against 0.32 s for one comment) and wins 2.1 ms a comment (93.9 against 78.7
+# comments/s), so it pays from about 290 comments of the real data's mean 379 characters (AVX-512 EPYC,
+# bench/README.md).
+SMALL_JOB_CHARS = 100_000
+BLOCK = 2048  # comments read, scored and written at a time: a file of any length runs in bounded memory
 
 
 class PredictError(UsageError):
@@ -99,27 +114,35 @@ def physical_cores():
         return n
 
 
-def load_model(model_dir, fp32=False):
-    """-> namespace(meta, kind, path, labels, thresholds, tokenizer, session). The imports are here."""
-    meta = read_meta(model_dir)
-    kind = "fp32" if fp32 else meta.get("default_model", "fp32")  # export.py: int8 when it wrote one
-    if kind not in meta["models"]:
-        raise PredictError(f"{model_dir}/export.json: no {kind} model listed in models")
-    path = os.path.join(model_dir, meta["models"][kind])
+def load_model(model_dir, runtime="auto", small_job=False):
+    """-> namespace(meta, runtime, why, path, labels, thresholds, tokenizer, session). runtime "auto" takes
+    runtimes.choose's pick for this CPU (and for a small job: a few comments in all); any name in
+    runtimes.RUNTIMES forces it. The imports are here."""
     import numpy as np
-    import onnxruntime as ort
     from tokenizers import Tokenizer
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = physical_cores()
-    opts.inter_op_num_threads = 1  # one branch at a time: BERT's graph is a chain
+
+    import runtimes
+    meta = read_meta(model_dir)
+    try:
+        if runtime == "auto":
+            runtime, why = runtimes.choose(meta, runtimes.cpu_flags(), small_job=small_job)
+        else:
+            runtimes.check(runtime, meta, model_dir)
+            why = "forced by --runtime"
+    except runtimes.RuntimeChoiceError as e:
+        raise PredictError(str(e)) from None
+    kind = "int8" if runtime == "onnxruntime-int8" else "fp32"
+    if kind not in meta["models"]:
+        raise PredictError(f"{model_dir}/export.json: no {kind} model listed in models, which {runtime} runs")
     try:  # missing or corrupt files: one line, whatever the library's error type
         tokenizer = Tokenizer.from_file(os.path.join(model_dir, meta["tokenizer"]))
-        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        session, path = runtimes.open_session(runtime, model_dir, meta, physical_cores())
     except Exception as e:
-        raise PredictError(f"{model_dir}: cannot load {meta['tokenizer']} or {meta['models'][kind]} "
+        raise PredictError(f"{model_dir}: cannot load {meta['tokenizer']} or {meta['models'][kind]} for {runtime} "
                            f"({first_line(e)})") from None
     labels = list(meta["labels"])
-    return SimpleNamespace(meta=meta, kind=kind, path=path, labels=labels, tokenizer=tokenizer, session=session,
+    return SimpleNamespace(meta=meta, runtime=runtime, why=why, path=path, labels=labels, tokenizer=tokenizer,
+                           session=session,
                            thresholds=np.array([meta["thresholds"][n] for n in labels], dtype=np.float64))
 
 
@@ -179,9 +202,10 @@ def window_batch(seqs, windows, idx, prefix, suffix, pad_id):
                       for k in idx], pad_id)
 
 
-def score(model, texts, batch_size=32, progress=True):
+def score(model, texts, batch_size=32, progress=True, max_tokens=None):
     """Probabilities (len(texts), 6) float32 in model.labels order, each the max over the comment's
-    windows. Windows are batched across comments, sorted by length; the order of texts is kept."""
+    windows. Windows are batched across comments, sorted by length, at most batch_size windows and
+    max_tokens (default MAX_TOKENS) padded tokens a call: bounded memory. The order of texts is kept."""
     import numpy as np
 
     from data import sorted_batches
@@ -191,12 +215,15 @@ def score(model, texts, batch_size=32, progress=True):
     owner, start, end = windows
     out = np.zeros((len(texts), len(model.labels)), dtype=np.float32)
     show = progress_bar(len(owner)) if progress and len(owner) >= PROGRESS_MIN else None
-    for done, b in enumerate(sorted_batches(end - start, batch_size)):
+    done = 0
+    widths = end - start + len(m["prefix_ids"]) + len(m["suffix_ids"])
+    for b in sorted_batches(widths, batch_size, max_tokens or MAX_TOKENS):
         ids, mask = window_batch(seqs, windows, b, m["prefix_ids"], m["suffix_ids"], m["pad_id"])
         probs = model.session.run(["probs"], {"input_ids": ids, "attention_mask": mask})[0]  # (B,6)
         np.maximum.at(out, owner[b], probs)  # probabilities are >= 0: the max from zeros is the max
+        done += len(b)
         if show:
-            show(min((done + 1) * batch_size, len(owner)))
+            show(done)
     return out
 
 
@@ -214,80 +241,6 @@ def progress_bar(total):
 
 
 # ----------------------------------------------------------------------------
-# input
-
-def warn_replaced(n, where, what="invalid UTF-8 byte sequence(s)"):
-    if n:
-        print(f"warning: {where}: {n} {what} replaced with U+FFFD", file=sys.stderr)
-
-
-def valid_unicode(s):
-    """-> (text, n replaced). Lone surrogates (argv's undecodable bytes, JSON's \\ud800 escapes)
-    become U+FFFD: the tokenizer cannot take them."""
-    try:
-        s.encode("utf-8")
-        return s, 0
-    except UnicodeEncodeError:
-        try:  # argv's undecodable bytes: back to bytes, decoded as files are
-            from data import decode_bytes
-            return decode_bytes(s.encode("utf-8", "surrogateescape"))
-        except UnicodeEncodeError:  # unpaired surrogates proper: one U+FFFD each
-            t = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in s)
-            return t, t.count("\ufffd") - s.count("\ufffd")
-
-
-def read_jsonl(text, name):
-    ids, texts, bad = [], [], 0
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except (ValueError, RecursionError) as e:
-            why = getattr(e, "msg", "nested too deep")
-            raise PredictError(f"{name}: line {n}: not valid JSON ({why})") from None
-        t = obj.get("text", obj.get("comment_text")) if isinstance(obj, dict) else None
-        if not isinstance(t, str):
-            raise PredictError(f"{name}: line {n}: expected an object with a string 'text' or 'comment_text'")
-        t, b = valid_unicode(t)
-        bad += b
-        ids.append(str(obj["id"]) if obj.get("id") is not None else str(len(texts)))  # or its index
-        texts.append(t)
-    warn_replaced(bad, name, "unpaired surrogate escape(s)")
-    return ids, texts
-
-
-def read_inputs(comments, path):
-    """-> (ids or None, texts) from the command line, stdin ('-') or a file."""
-    from contextlib import redirect_stdout
-
-    from data import decode_bytes, read_rows, read_text
-    if comments and path:
-        raise PredictError("give comments or --file, not both")
-    if path is None and comments != ["-"]:
-        pairs = [valid_unicode(c) for c in comments]
-        warn_replaced(sum(b for _, b in pairs), "arguments")
-        return None, [t for t, _ in pairs]
-    path = path or "-"
-    name, ext = ("stdin" if path == "-" else path), os.path.splitext(path)[1].lower()
-    if ext == ".csv":
-        with redirect_stdout(sys.stderr):  # read_rows warns on stdout, which here is our output
-            rows = [row for _, row in read_rows(path, ("comment_text",))]
-        if not rows:
-            raise PredictError(f"{path}: header only, no comments")
-        return ([r["id"] for r in rows] if "id" in rows[0] else None), [r["comment_text"] for r in rows]
-    text, bad = decode_bytes(sys.stdin.buffer.read()) if path == "-" else read_text(path)
-    warn_replaced(bad, name)
-    if not text.strip():
-        raise PredictError(f"{name}: empty, no comments to score")
-    if ext in (".jsonl", ".ndjson"):
-        return read_jsonl(text, name)
-    lines = text.split("\n")  # not splitlines(), which also splits at form feeds and U+2028
-    lines = lines[:-1] if lines[-1] == "" else lines
-    return None, [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
-
-
-# ----------------------------------------------------------------------------
 # output
 
 def decided(model, row):
@@ -300,24 +253,28 @@ def preview(text, room):
     return head if len(head) <= room and len(text) <= room * 4 else head[:max(room - 3, 1)] + "..."
 
 
-def print_table(model, ids, texts, probs):
+def print_table(model, ids, texts, probs, widths=None):
+    """The rows of one block; the first (widths None) prints the header and sizes the id and labels
+    columns, and later blocks take its widths back, so the table stays in line -> the widths."""
     import shutil
-    names = ids or [str(i) for i in range(len(texts))]
     cols = [max(len(n), 5) for n in model.labels]
     found = [", ".join(decided(model, row)) or "-" for row in probs]
-    iw, lw = max(1, *map(len, names)), max(len("labels"), *map(len, found))
+    header = widths is None
+    iw, lw = widths or (max(1, *map(len, ids)), max(len("labels"), *map(len, found)))
     room = max(20, shutil.get_terminal_size().columns - iw - sum(cols) - 2 * len(cols) - lw - 6)
-    head = "  ".join(f"{n:>{w}}" for n, w in zip(model.labels, cols))
-    print(f"{'#':>{iw}}  {head}  {'labels':<{lw}}  comment")
-    for name, row, labels, text in zip(names, probs, found, texts):
+    if header:
+        print(f"{'#':>{iw}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(model.labels, cols)) + f"  {'labels':<{lw}}"
+              "  comment")
+    for name, row, labels, text in zip(ids, probs, found, texts):
         print(f"{name:>{iw}}  " + "  ".join(f"{p:>{w}.3f}" for p, w in zip(row, cols))
               + f"  {labels:<{lw}}  {preview(text, room)}")
+    return iw, lw
 
 
-def print_json(model, ids, texts, probs):
+def print_json(model, ids, texts, probs, first_index=0, with_ids=True):
     ascii_only = (sys.stdout.encoding or "").lower().replace("-", "") != "utf8"  # else \u escapes
-    for i, (text, row) in enumerate(zip(texts, probs)):
-        obj = {"index": i} if ids is None else {"index": i, "id": ids[i]}
+    for i, (rid, text, row) in enumerate(zip(ids, texts, probs), first_index):
+        obj = {"index": i, "id": rid} if with_ids else {"index": i}
         obj.update(text=text, scores={n: round(float(p), 6) for n, p in zip(model.labels, row)},
                    labels=decided(model, row))
         line = json.dumps(obj, ensure_ascii=ascii_only)
@@ -326,27 +283,48 @@ def print_json(model, ids, texts, probs):
         print(line)
 
 
-def submission_ids(ids, n, name):
-    """The id column (the index without ids): one row per id, so a repeated one is refused."""
-    first, ids = {}, ids or [str(i) for i in range(n)]
-    k = next((k for k, rid in enumerate(ids, 1) if first.setdefault(rid, k) != k), None)
-    if k:
-        raise PredictError(f"{name}: duplicate id {ids[k - 1]!r} (comments {first[ids[k - 1]]} and {k}); "
-                           f"a submission needs one row per id")
-    return ids
+def check_unique(ids, first, start, name):
+    """A submission needs one row per id: a repeated one is refused, naming both comments (1-based)."""
+    for k, rid in enumerate(ids, start + 1):
+        if first.setdefault(rid, k) != k:
+            raise PredictError(f"{name}: duplicate id {rid!r} (comments {first[rid]} and {k}); "
+                               f"a submission needs one row per id")
 
 
 def write_submission(path, ids, labels, probs):
-    """Kaggle's format: id + one probability column per label. Written to a temporary file first."""
-    import csv
-
+    """Kaggle's format: id + one probability column per label, written atomically (evaluate.py's)."""
     from checkpoint import atomic_write
+    atomic_write(path, lambda f: write_rows(f, labels, [(ids, probs)]), mode="w")
 
-    def write(f):
-        w = csv.writer(f)
-        w.writerow(["id", *labels])
+
+def write_rows(f, labels, parts):
+    """The submission CSV, from (ids, probs) parts as they come."""
+    import csv
+    w = csv.writer(f)
+    w.writerow(["id", *labels])
+    for ids, probs in parts:
         w.writerows([rid, *(f"{p:.9g}" for p in row)] for rid, row in zip(ids, probs))
-    atomic_write(path, write, mode="w")
+
+
+def stream(model, has_ids, first, items, seen, args):
+    """Score and print the first block, then read, score and print a block at a time, in input order ->
+    (ids, probs) per block, for the submission file. Nothing is kept from one block to the next but the
+    ids seen (seen), when a submission needs them unique."""
+    from inputs import blocks
+    done, t0, widths = 0, time.time(), None
+    for block in itertools.chain([first], blocks(items, BLOCK)):
+        ids, texts = [rid for rid, _ in block], [t for _, t in block]
+        if args.out and has_ids and done:  # the first block was checked before the model was loaded
+            check_unique(ids, seen, done, args.file or "arguments")
+        probs = score(model, texts, args.batch_size, progress=len(first) < BLOCK)
+        if args.json:
+            print_json(model, ids, texts, probs, done, with_ids=has_ids)
+        elif not args.out:
+            widths = print_table(model, ids, texts, probs, widths)
+        done += len(block)
+        if len(first) == BLOCK:  # a long input: say how far it is
+            print(f"scored {done:,} comments in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+        yield ids, probs
 
 
 # ----------------------------------------------------------------------------
@@ -358,8 +336,10 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     p.add_argument("--out", help="also write a Kaggle submission CSV (id + 6 label columns)")
     p.add_argument("--model", help="export folder (default: the newest under exports/)")
-    p.add_argument("--fp32", action="store_true", help="use the fp32 model even when an int8 one exists")
-    p.add_argument("--batch_size", type=int, default=32, help="windows per onnxruntime call")
+    p.add_argument("--runtime", default="auto", help="auto (the fastest for this CPU), openvino, onnxruntime-int8 "
+                                                     "or onnxruntime-fp32")
+    p.add_argument("--batch_size", type=int, default=32, help="windows per model call at most (long windows: fewer, "
+                                                               "MAX_TOKENS padded tokens a call)")
     args = p.parse_args(argv)
     if not args.comments and not args.file:
         p.print_usage(sys.stderr)
@@ -375,18 +355,22 @@ def main(argv=None):
             raise PredictError(f"--batch_size must be >= 1, got {args.batch_size}")
         model_dir = args.model or newest_export()
         read_meta(model_dir)  # a bad folder fails before a big input is read
-        ids, texts = read_inputs(args.comments, args.file)
-        rows = submission_ids(ids, len(texts), args.file or "arguments") if args.out else None  # checked now
-        model = load_model(model_dir, args.fp32)
-        print(f"model: {model.path} ({model.kind}), {len(texts)} comment(s)", file=sys.stderr)
-        probs = score(model, texts, args.batch_size)
-        if args.out:
-            write_submission(args.out, rows, model.labels, probs)
-            print(f"wrote {len(texts)} rows to {args.out}", file=sys.stderr)
-        if args.json:
-            print_json(model, ids, texts, probs)
-        elif not args.out:
-            print_table(model, ids, texts, probs)
+        from inputs import read_comments
+        has_ids, items = read_comments(args.comments, args.file)
+        first, seen = list(itertools.islice(items, BLOCK)), {}  # bad input fails before the model loads
+        if args.out and has_ids:
+            check_unique([rid for rid, _ in first], seen, 0, args.file or "arguments")
+        small = len(first) < BLOCK and sum(len(t) for _, t in first) <= SMALL_JOB_CHARS  # the whole input
+        model = load_model(model_dir, args.runtime, small_job=small)
+        print(f"model: {model.path} on {model.runtime} ({model.why})", file=sys.stderr)
+        parts = stream(model, has_ids, first, items, seen, args)
+        if args.out:  # written as it goes, published when whole: a failure leaves no half file
+            from checkpoint import atomic_write
+            atomic_write(args.out, lambda f: write_rows(f, model.labels, parts), mode="w")
+            print(f"wrote {args.out}", file=sys.stderr)
+        else:
+            for _ in parts:
+                pass
         sys.stdout.flush()
 
 

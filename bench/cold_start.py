@@ -1,11 +1,12 @@
-"""Cold start: `python predict.py "comment"` as a whole process, int8 and fp32, against torch + transformers.
+"""Cold start: `python predict.py "comment"` as a whole process, on each runtime, against torch + transformers.
 
     python bench/cold_start.py                                   # runs/mini/best.pt (a minute or two)
     python bench/cold_start.py --checkpoint runs/mini_average/best.pt
     python bench/cold_start.py --quick                           # tiny random model (CI, seconds)
 
 The checkpoint is exported (fp32 + int8) into a temporary folder with export.py; predict.py runs
-on it with its default model (int8) and with --fp32. The baseline is what serving without the export
+on it with its default (--runtime auto: the runtime it picks for one comment on this CPU) and with each
+runtime forced (OpenVINO where installed). The baseline is what serving without the export
 would take: a script that loads the checkpoint with torch (checkpoint.load_checkpoint,
 model_from_checkpoint) and the tokenizer with transformers' AutoTokenizer, and prints the same six
 probabilities. Each command: 1 warm-up run (page cache), then the median of 5 (wall time from
@@ -17,16 +18,16 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (ROOT, BenchError, add_common_args, describe, fmt, machine, main_guard,  # noqa: E402
-                    markdown_table, measure_peak, peak_lines, ratio, require_checkpoint, target, targets_table,
-                    train_tiny, write_results)
+                    markdown_table, measure_peak, peak_lines, ratio, require_checkpoint, run_isolated, run_once,
+                    target, targets_table, train_tiny, write_results)
 
 COMMENT = "you are an idiot, stop editing this page"
+CHECK_ROWS = 256  # validation rows export.py checks each runtime on: the check is not what is measured here
 # The baseline: the same six probabilities, loaded the way training left them (argv: checkpoint, comment).
 TORCH_SCRIPT = """
 import json, sys, torch
@@ -43,32 +44,12 @@ print(json.dumps({"scores": dict(zip(["toxic", "severe_toxic", "obscene", "threa
 """
 
 
-# Each measured command is started by this small launcher, which times it and reads its rusage with
-# os.wait4. Not by us directly: a child's ru_maxrss starts from its parent's peak RSS at the moment of
-# exec (Linux keeps the old address space's high-water mark), and ours holds torch and an export
-# (a child of ours "peaks" at our 400-600 MB whatever it does). The launcher's own peak is ~10 MB.
-LAUNCHER = """
-import json, os, sys, time
-t0 = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.argv[2], sys.argv[2:])
-_, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as f:
-    json.dump({"wall_s": time.perf_counter() - t0, "rss_kib": usage.ru_maxrss,
-               "code": os.waitstatus_to_exitcode(status)}, f)
-"""
-
-
-def run_once(cmd, cwd):
-    """One process -> (wall seconds from fork to exit, its peak RSS MB, its stdout)."""
-    with tempfile.TemporaryDirectory(prefix="cold_start-run-") as tmp:
-        report = os.path.join(tmp, "rusage.json")
-        r = subprocess.run([sys.executable, "-c", LAUNCHER, report, *cmd], cwd=cwd, capture_output=True, text=True)
-        got = json.load(open(report)) if os.path.exists(report) else {"code": r.returncode}
-    if got["code"] != 0:
-        raise BenchError(f"{' '.join(cmd[:3])} ... exited {got['code']}: {r.stderr.strip()[-1500:]}")
-    return got["wall_s"], got["rss_kib"] * 1024 / 1e6, r.stdout
+def export_quietly(ckpt, out):
+    """export.py's export in a process of its own (OpenVINO, checked there, pins the threads of the process
+    it runs in), its progress lines on stderr: stdout is the table."""
+    import export
+    with contextlib.redirect_stdout(sys.stderr):
+        return export.export(ckpt, out, quantize="int8", check_rows=CHECK_ROWS)
 
 
 def measure(cmd, runs, warmup=True):
@@ -105,28 +86,31 @@ def run(argv=None):
         if args.quick and not args.checkpoint:
             ckpt = train_tiny(tmp)
         out = os.path.join(tmp, "export")
-        import export
-        with contextlib.redirect_stdout(sys.stderr):  # export's progress lines; stdout is the table
-            meta = export.export(ckpt, out, quantize="int8")
+        meta = run_isolated(export_quietly, ckpt, out)
         sizes = {k: os.path.getsize(os.path.join(out, f)) / 1e6 for k, f in meta["models"].items()}
         # the machine's context, as every benchmark gives it; no MFU: a cold start is imports and loading
         peak = measure_peak(n=256 if args.quick else 2048, repeats=3 if args.quick else 5,
                             budget_s=2 if args.quick else 10)
         predict = [sys.executable, os.path.join(ROOT, "predict.py"), "--json", "--model", out]
-        commands = [("predict.py, int8 export", predict + [COMMENT]),
-                    ("predict.py --fp32, fp32 export", predict + ["--fp32", COMMENT]),
-                    ("torch + transformers, checkpoint", [sys.executable, "-c", TORCH_SCRIPT, ckpt, COMMENT])]
+        from runtimes import choose, cpu_flags, installed
+        auto = choose(meta, cpu_flags(), small_job=True)[0]
+        forced = [r for r in ("openvino", "onnxruntime-int8", "onnxruntime-fp32") if r != "openvino" or installed(r)]
+        commands = [(f"predict.py (default: {auto})", predict + [COMMENT], auto)]
+        commands += [(f"predict.py --runtime {r}", predict + ["--runtime", r, COMMENT], r) for r in forced]
+        commands += [("torch + transformers, checkpoint", [sys.executable, "-c", TORCH_SCRIPT, ckpt, COMMENT], None)]
         results = []
-        for name, cmd in commands:
+        for name, cmd, runtime in commands:
             print(f"{name}: {'' if args.quick else '1 + '}{args.runs} run(s) ...", file=sys.stderr, flush=True)
-            results.append({"variant": name, **measure(cmd, args.runs, warmup=not args.quick)})  # quick: no warm-up
-        results[0]["model_mb"], results[1]["model_mb"] = sizes["int8"], sizes["fp32"]
-        results[2]["model_mb"] = os.path.getsize(ckpt) / 1e6
+            r = {"variant": name, "default": name.startswith("predict.py (default"),
+                 **measure(cmd, args.runs, warmup=not args.quick)}  # quick: no warm-up
+            r["model_mb"] = (os.path.getsize(ckpt) / 1e6 if runtime is None else
+                             sizes["int8" if runtime == "onnxruntime-int8" else "fp32"])
+            results.append(r)
     report(args, dev, peak, results, ckpt)
 
 
 def report(args, dev, peak, results, ckpt):
-    int8, fp32, torch_ = results
+    default, torch_ = results[0], results[-1]
     base = torch_["scores"]
     for r in results:  # the same prediction? fp32 should agree to ~1e-6, int8 to ~1e-2
         r["max_abs_diff_vs_torch"] = max(abs(r["scores"][k] - base[k]) for k in base)
@@ -138,8 +122,7 @@ def report(args, dev, peak, results, ckpt):
     def limit(name, r, key, goal, unit):
         return target(f"{name}: {'wall' if key == 'wall_s' else 'peak RSS'} <= {goal} {unit}", r[key], goal,
                       fmt(r[key], ".2f" if key == "wall_s" else ",.0f", f" {unit}"), at_most=True)
-    targets = [limit("int8 export", int8, "wall_s", 0.4, "s"), limit("int8 export", int8, "peak_rss_mb", 150, "MB"),
-               limit("fp32 export", fp32, "wall_s", 0.5, "s"), limit("fp32 export", fp32, "peak_rss_mb", 250, "MB")]
+    targets = [limit("default", default, "wall_s", 0.4, "s"), limit("default", default, "peak_rss_mb", 150, "MB")]
     notes = [f"Machine: {describe(dev)}.", *peak_lines(peak),
              f"Checkpoint: {'tiny random BERT' if args.quick and not args.checkpoint else ckpt}; one comment "
              f"({COMMENT!r}); every command prints its six probabilities as JSON.",
@@ -147,7 +130,7 @@ def report(args, dev, peak, results, ckpt):
              + ("--quick: no warm-up run. " if args.quick else "1 warm-up run first: files come from the page cache. ")
              + "Peak RSS: os.wait4's ru_maxrss of that child, taken by a ~10 MB launcher (a child's ru_maxrss "
              "starts at its parent's peak).",
-             "The fp32 figures are predict.py --fp32 on the same export folder: it loads model.onnx only."]
+             "Every predict.py row runs on the same export folder, and loads the one model file it needs."]
     md = "\n".join([f"## Cold start ({'quick' if args.quick else 'full'})", "", table, "", targets_table(targets), "",
                     *[f"- {n}" for n in notes]])
     write_results("cold_start", md, {"machine": dev, "peak": peak, "comment": COMMENT, "runs": args.runs,

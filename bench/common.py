@@ -4,13 +4,16 @@
 Not a script. Every benchmark prints a Markdown table and writes bench/results/<name>.json and .md
 (<name>.quick.* under --quick, so a smoke run never overwrites real figures).
 """
+import csv
 import json
 import math
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,13 +41,8 @@ def physical_cores():
 
 
 def cpu_flags():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    from runtimes import cpu_flags as flags  # the flags predict.py chooses its runtime by
+    return flags()
 
 
 def machine(device="cpu"):
@@ -187,6 +185,50 @@ def run_isolated(fn, *args):
     from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
         return ex.submit(fn, *args).result()
+
+
+# Each measured command is started by this small launcher, which times it and reads its rusage with
+# os.wait4. Not by us directly: a child's ru_maxrss starts from its parent's peak RSS at the moment of
+# exec (Linux keeps the old address space's high-water mark), and ours holds torch and an export
+# (a child of ours "peaks" at our 400-600 MB whatever it does). The launcher's own peak is ~10 MB.
+LAUNCHER = """
+import json, os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"wall_s": time.perf_counter() - t0, "rss_kib": usage.ru_maxrss,
+               "code": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
+def run_once(cmd, cwd):
+    """One process -> (wall seconds from fork to exit, its peak RSS MB, its stdout)."""
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
+        report = os.path.join(tmp, "rusage.json")
+        r = subprocess.run([sys.executable, "-c", LAUNCHER, report, *cmd], cwd=cwd, capture_output=True, text=True)
+        got = json.load(open(report)) if os.path.exists(report) else {"code": r.returncode}
+    if got["code"] != 0:
+        raise BenchError(f"{' '.join(cmd[:3])} ... exited {got['code']}: {r.stderr.strip()[-1500:]}")
+    return got["wall_s"], got["rss_kib"] * 1024 / 1e6, r.stdout
+
+
+def write_subset(src, n, path, seed=0):
+    """n rows of src, drawn at random with a fixed seed (the file's order is not the data's), as a
+    Kaggle CSV outside the repository. n=None keeps every row. -> rows written."""
+    import numpy as np
+
+    from data import LABELS, read_csv
+    ds = read_csv(src)
+    rows = np.arange(len(ds.ids)) if not n or n >= len(ds.ids) else \
+        np.sort(np.random.default_rng(seed).choice(len(ds.ids), n, replace=False))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "comment_text", *LABELS])
+        w.writerows([ds.ids[i], ds.texts[i], *ds.labels[i].tolist()] for i in rows)
+    return len(rows)
 
 
 def tiny_encoder(path):

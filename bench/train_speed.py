@@ -17,7 +17,6 @@ The validation AUC is one pass after the last step, so a faster variant cannot h
 Writes bench/results/train_speed.json and .md.
 """
 import argparse
-import csv
 import os
 import sys
 import tempfile
@@ -28,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (ROOT, SAMPLE, SHARED_NOTE, SHARED_TRAIN, BenchError, add_common_args, count_params,  # noqa: E402
                     describe, fmt, machine, main_guard, markdown_table, measure_peak, mfu, peak_lines,
                     peak_rss_mb, physical_cores, ratio, run_isolated, target, targets_table, tiny_encoder,
-                    write_results)
+                    write_results, write_subset)
 
 VARIANTS = [  # name, config overrides
     ("(a) pad to max_length, random batches", {"pad_to_max_length": "true", "group_by_length": "false",
@@ -41,22 +40,6 @@ VARIANTS = [  # name, config overrides
 
 # ----------------------------------------------------------------------------
 # data and one variant
-
-
-def write_subset(src, n, path, seed=0):
-    """n rows of src, drawn at random with a fixed seed (the file's order is not the data's), as a
-    Kaggle CSV outside the repository. n=None keeps every row. -> rows written."""
-    import numpy as np
-
-    from data import LABELS, read_csv
-    ds = read_csv(src)
-    rows = np.arange(len(ds.ids)) if not n or n >= len(ds.ids) else \
-        np.sort(np.random.default_rng(seed).choice(len(ds.ids), n, replace=False))
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "comment_text", *LABELS])
-        w.writerows([ds.ids[i], ds.texts[i], *ds.labels[i].tolist()] for i in rows)
-    return len(rows)
 
 
 def mean_train_tokens(csv_path, encoder, max_length):

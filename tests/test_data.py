@@ -66,7 +66,7 @@ def test_missing_file_and_invalid_utf8(tmp_path, capsys):
     raw = (HEADER + "\na1,caf\xe9 ok,0,0,0,0,0,0\n").encode("latin-1")
     ds = read_csv(_csv(tmp_path, "", raw=raw))
     assert ds.texts == ["caf\ufffd ok"]
-    assert "1 invalid UTF-8 byte sequence(s) replaced" in capsys.readouterr().out
+    assert "1 invalid UTF-8 byte sequence(s) replaced" in capsys.readouterr().err  # warnings go to stderr
 
 
 def test_long_comment_is_kept_whole(tmp_path):
@@ -182,3 +182,11 @@ def test_head_tail_keeps_both_ends_of_a_long_comment(tiny_encoder, tmp_path):
     cache = str(tmp_path / "cache" / "tokens")
     a, b = tokenize(tok, texts, 10, cache), tokenize(tok, texts, 10, cache, "head_tail")
     assert len(list((tmp_path / "cache").iterdir())) == 2 and a[0].tolist() != b[0].tolist()
+
+
+def test_csv_lines_may_end_in_a_lone_carriage_return(tmp_path):
+    """Old Mac line ends split records as a whole-file reader does, read a line at a time."""
+    path = tmp_path / "cr.csv"
+    path.write_bytes((HEADER + "\ra1,first,0,0,0,0,0,0\ra2,\"two\rlines\",1,0,0,0,0,0\r").encode())
+    ds = read_csv(str(path))
+    assert ds.ids == ["a1", "a2"] and ds.texts == ["first", "two\rlines"] and ds.labels[1, 0] == 1

@@ -85,6 +85,34 @@ def test_export_json_carries_what_predict_needs(export_dir, tiny_run):
     assert b2 < b1 and t2 < t1 and meta["parity"]["windows"] == b1
 
 
+def test_every_runtime_is_checked_on_the_checkpoints_validation_rows(export_dir, tiny_run):  # noqa: F811
+    """Not 13 parity windows: the 80 validation rows of the sample, scored through predict.py."""
+    import runtimes
+    meta = json.load(open(os.path.join(export_dir[0], "export.json")))
+    checks = meta["runtime_checks"]
+    expected = ["onnxruntime-fp32", "onnxruntime-int8"] + (["openvino"] if runtimes.installed("openvino") else [])
+    assert sorted(checks) == sorted(expected)
+    assert checks["onnxruntime-fp32"]["auc_drop_vs_fp32"] == 0 and checks["onnxruntime-fp32"]["decision_agreement"] == 1
+    for name, c in checks.items():
+        assert c["rows"] == 80 and 0 <= c["decision_agreement"] <= 1, name
+        assert c["ok"] == (c["auc_drop_vs_fp32"] <= export.MAX_AUC_DROP), name
+    assert "onnxruntime-int8: mean AUC" in export_dir[1] and "validation rows" in export_dir[1]
+
+
+def test_a_runtime_that_loses_auc_is_never_the_default(tiny_run, tmp_path, monkeypatch):
+    import runtimes
+    monkeypatch.setattr(export, "MAX_AUC_DROP", -1.0)  # every runtime but the fp32 reference now "loses"
+    with contextlib.redirect_stdout(io.StringIO()) as buf:
+        export.main(["--checkpoint", str(tiny_run / "best.pt"), "--out", str(tmp_path / "e"), "--quantize", "int8",
+                     "--check_rows", "40"])
+    meta = json.load(open(tmp_path / "e" / "export.json"))
+    assert meta["default_model"] == "fp32" and not meta["runtime_checks"]["onnxruntime-int8"]["ok"]
+    assert meta["runtime_checks"]["onnxruntime-int8"]["rows"] == 40
+    assert "predict.py will not pick it" in buf.getvalue()
+    for flags in ({"avx2"}, {"avx2", "avx512_bf16"}):  # whatever the CPU: fp32, the checked reference
+        assert runtimes.choose(meta, flags)[0] == "onnxruntime-fp32"
+
+
 def test_predict_windows_are_as_long_as_validation_saw(tiny_run, tmp_path):
     """A config with eval_max_length: its thresholds were tuned on that much text, so predict.py's
     windows are that long too."""

@@ -84,6 +84,22 @@ def test_sorted_batches_cover_every_row_once_in_length_order(lengths, batch_size
     assert np.all(np.diff(np.array(lengths)[flat]) >= 0) if len(flat) else True
 
 
+@FAST
+@given(lengths=st.lists(st.integers(1, 600), max_size=200), batch_size=st.integers(1, 70),
+       max_tokens=st.integers(1, 5000))
+def test_token_budget_batches_stay_under_the_budget_and_fill_it(lengths, batch_size, max_tokens):
+    """predict.py's batches: every row once, in length order; rows x longest <= max_tokens (a row alone may
+    pass it), and no batch could have taken the next row."""
+    lengths = np.array(lengths, dtype=np.int64)
+    batches = sorted_batches(lengths, batch_size, max_tokens)
+    flat = np.concatenate(batches) if batches else np.array([], dtype=np.int64)
+    assert sorted(flat.tolist()) == list(range(len(lengths))) and np.all(np.diff(lengths[flat]) >= 0)
+    for b, after in zip(batches, batches[1:] + [None]):
+        assert 1 <= len(b) <= batch_size and (len(b) == 1 or len(b) * lengths[b].max() <= max_tokens)
+        if after is not None and len(b) < batch_size:  # it stopped for the budget, not too soon
+            assert (len(b) + 1) * lengths[after[0]] > max_tokens
+
+
 class Recorder:
     """A stand-in model for validation.predict_logits: logits are a fingerprint of each unpadded row."""
 

@@ -41,7 +41,7 @@ def run_main(capsys, argv):
 
 @pytest.fixture(scope="module")
 def fp32(export_dir):  # noqa: F811
-    return predict.load_model(export_dir[0], fp32=True)
+    return predict.load_model(export_dir[0], runtime="onnxruntime-fp32")
 
 
 # ----------------------------------------------------------------------------
@@ -56,7 +56,10 @@ def test_cli_text_in_json_out(export_dir):  # noqa: F811
     for o in rows:
         assert list(o["scores"]) == list(LABELS)
         assert o["labels"] == [n for n in LABELS if o["scores"][n] >= th[n] - 1e-6]
-    assert "model.int8.onnx (int8)" in r.stderr.decode()  # int8 is the default when exported
+    import runtimes
+    meta = json.load(open(os.path.join(export_dir[0], "export.json")))
+    chosen, why = runtimes.choose(meta, runtimes.cpu_flags(), small_job=True)  # two comments: a small job
+    assert f"on {chosen} ({why})" in r.stderr.decode()
 
 
 def test_prediction_never_imports_torch_or_transformers(export_dir, tmp_path):  # noqa: F811
@@ -103,9 +106,10 @@ def test_file_modes_and_order(export_dir, fp32, tmp_path, capsys):  # noqa: F811
         csv.writer(f).writerows([["id", "comment_text"]] + [[f"id{i}", t] for i, t in enumerate(flat)])
     (tmp_path / "c.jsonl").write_text("".join(json.dumps({"id": f"j{i}", "text": t}) + "\n"
                                               for i, t in enumerate(flat)))
-    argv = ["--model", export_dir[0], "--fp32", "--json", "--file"]
+    argv = ["--model", export_dir[0], "--runtime", "onnxruntime-fp32", "--json", "--file"]
     runs = {ext: run_main(capsys, argv + [str(tmp_path / f"c.{ext}")]) for ext in ("txt", "csv", "jsonl")}
-    r = run_cli(["--model", export_dir[0], "--fp32", "--json", "-"], stdin=(tmp_path / "c.txt").read_bytes())
+    r = run_cli(["--model", export_dir[0], "--runtime", "onnxruntime-fp32", "--json", "-"],
+                stdin=(tmp_path / "c.txt").read_bytes())
     runs["stdin"] = (r.returncode, r.stdout.decode(), r.stderr.decode())
     for mode, (code, out, err) in runs.items():
         assert code == 0, (mode, err)
@@ -237,6 +241,7 @@ def test_binary_junk_on_stdin(export_dir):  # noqa: F811
     (None, None, ["--file", "missing.txt"], "missing.txt: cannot read"),
     (None, None, ["--batch_size", "0", "x"], "--batch_size must be >= 1"),
     (None, None, ["--file", "x.txt", "also a comment"], "not both"),
+    (None, None, ["--runtime", "tpu", "x"], "--runtime 'tpu': choose one of auto, openvino, onnxruntime-int8"),
 ])
 def test_bad_input_is_one_line(export_dir, tmp_path, capsys, monkeypatch,  # noqa: F811
                                name, content, argv, expect):
@@ -275,12 +280,12 @@ def test_bad_model_folders(export_dir, tmp_path, capsys, monkeypatch):  # noqa: 
     assert code != 0 and "format_version 999" in err and f"reads version {predict.FORMAT_VERSION}" in err
     json.dump(meta, open(old / "export.json", "w"))
     (old / "model.int8.onnx").write_bytes(b"garbage")
-    code, _, err = run_main(capsys, ["--model", str(old), "x"])
+    code, _, err = run_main(capsys, ["--model", str(old), "--runtime", "onnxruntime-int8", "x"])
     assert code != 0 and "cannot load" in err and len(err.strip().splitlines()) == 1
     os.makedirs(tmp_path / "exports")
     shutil.copytree(export_dir[0], tmp_path / "exports" / "tiny")  # the default: the newest export
     code, out, err = run_main(capsys, ["--json", "x"])
-    assert code == 0 and os.path.join("exports", "tiny", "model.int8.onnx") in err
+    assert code == 0 and f"model: {os.path.join('exports', 'tiny', 'model')}" in err
 
 
 # ----------------------------------------------------------------------------
@@ -314,3 +319,29 @@ def test_evaluate_auc_matches_sklearn(export_dir, tmp_path, capsys):  # noqa: F8
     assert "40 rows" in capsys.readouterr().out
     sub = list(csv.reader(open(tmp_path / "sub.csv")))
     assert sub[0] == ["id", *LABELS] and [r[0] for r in sub[1:]] == ids
+
+
+def test_a_file_streams_block_by_block_in_input_order(export_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """Blocks of 3 comments: the same rows, scores and order as one block, and the submission is whole."""
+    texts = [f"comment number {i} " + "you idiot " * (i % 4) for i in range(10)]
+    (tmp_path / "c.txt").write_text("\n".join(texts) + "\n")
+    argv = ["--model", export_dir[0], "--runtime", "onnxruntime-fp32", "--json", "--file", str(tmp_path / "c.txt")]
+    code, whole, _ = run_main(capsys, argv + ["--out", str(tmp_path / "one.csv")])
+    monkeypatch.setattr(predict, "BLOCK", 3)
+    code2, streamed, err = run_main(capsys, argv + ["--out", str(tmp_path / "blocks.csv")])
+    assert code == code2 == 0 and "scored 9 comments" in err and "scored 10 comments" in err
+    one, blocks = json_lines(whole.encode()), json_lines(streamed.encode())
+    assert [o["index"] for o in blocks] == list(range(10)) and [o["text"] for o in blocks] == texts
+    for a, b in zip(one, blocks):  # fp32 scores do not depend on the batch a window lands in
+        assert all(abs(a["scores"][n] - b["scores"][n]) <= 1e-5 for n in LABELS)
+    rows = list(csv.reader(open(tmp_path / "blocks.csv")))
+    assert rows[0] == ["id", *LABELS] and [r[0] for r in rows[1:]] == [str(i) for i in range(10)]
+
+
+def test_a_repeated_id_in_a_later_block_leaves_no_submission(export_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(predict, "BLOCK", 2)
+    (tmp_path / "c.csv").write_text("id,comment_text\na,x\nb,y\nc,z\na,again\n")
+    code, _, err = run_main(capsys, ["--model", export_dir[0], "--file", str(tmp_path / "c.csv"),
+                                     "--out", str(tmp_path / "sub.csv")])
+    assert code == 2 and "duplicate id 'a' (comments 1 and 4)" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "sub.csv").exists() and not list(tmp_path.glob("sub.csv*"))
