@@ -44,12 +44,12 @@ ENCODE_CHARS = 1 << 19  # characters per tokenizer call: bounds the memory of it
 PROGRESS_MIN = 256  # windows; below this a progress bar is noise
 # Padded tokens per model call: batch 32 of comments up to 64 tokens, 4 windows of 512. Bounds the
 # activations (an fp32 attention score tensor of 32 x 12 x 512 x 512 is 400 MB alone): 5,000 real comments
-# peak at 465 MB with onnxruntime int8 instead of 2.9 GB, and run 1.12x faster (bench/README.md).
+# peak at 466 MB with onnxruntime int8 instead of 2.9 GB, and run 1.12x faster (bench/README.md).
 MAX_TOKENS = 2048
 # An input of at most this many characters in all is a small job, for onnxruntime int8: OpenVINO starts
-# 0.6 s later (0.95 s against 0.32 s for one comment) and wins 2.1 ms a comment (93.9 against 78.7
-# comments/s), so it pays from about 290 comments of the real data's mean 379 characters (AVX-512 EPYC,
-# bench/README.md).
+# 0.6 s later (0.95 s against 0.32 s for one comment) and won 0.7-2.1 ms a comment in two runs (84.6-93.9
+# against 78.7-79.6 comments/s), so it pays from about 290-810 comments of the real data's mean 379
+# characters (AVX-512 EPYC, bench/README.md): the lower end is taken.
 SMALL_JOB_CHARS = 100_000
 BLOCK = 2048  # comments read, scored and written at a time: a file of any length runs in bounded memory
 
