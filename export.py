@@ -252,9 +252,42 @@ def check_runtimes(folder, rows, thresholds):
     return out
 
 
+def add_int8(fp32, int8, ids, mask, fp32_probs, thresholds, ckpt_path):
+    """Quantize fp32 into int8 and compare the two on the parity batch -> its parity figures."""
+    import numpy as np
+    quantize_int8(fp32, int8)
+    q = onnx_probs(int8, ids, mask)
+    if not np.isfinite(q).all():
+        raise ExportError(f"{ckpt_path}: the int8 model gives non-finite probabilities; nothing written")
+    th = np.asarray(thresholds)
+    agree = float(((q >= th) == (fp32_probs >= th)).mean())
+    qdiff = float(np.abs(q - fp32_probs).max())
+    s32, s8 = os.path.getsize(fp32), os.path.getsize(int8)
+    print(f"int8: {s8 / 1e6:.1f} MB vs fp32 {s32 / 1e6:.1f} MB ({s8 / s32:.0%}); vs fp32 on the parity "
+          f"batch: max abs diff {qdiff:.4f}, decisions at the thresholds agree {agree:.1%} "
+          f"({ids.shape[0]} windows x {len(LABELS)} labels)")
+    return {"int8_max_abs_diff": qdiff, "int8_decision_agreement": agree}
+
+
+def add_runtime_checks(folder, meta, cfg, thresholds, check_rows):
+    """check_runtimes on the checkpoint's validation rows, into folder's export.json (int8 stops being the
+    default where it fails). Nothing to check where fp32 is the only runtime here."""
+    from runtimes import installed
+    if len(meta["models"]) == 1 and not installed("openvino"):
+        return
+    rows = validation_rows(cfg, check_rows)
+    if rows is None:
+        print(f"warning: {cfg['data_path']} (the checkpoint's data) is not here, relative to this folder: "
+              f"the runtimes are not checked on validation rows", file=sys.stderr)
+        return
+    meta["runtime_checks"] = check_runtimes(folder, rows, thresholds)
+    if not meta["runtime_checks"].get("onnxruntime-int8", {}).get("ok", True):
+        meta["default_model"] = "fp32"
+    write_meta(folder, meta)
+
+
 def export(ckpt_path, out, quantize=None, check_rows=CHECK_ROWS):
     """Export, check parity and every runtime on the validation rows, publish to out -> the export.json dict."""
-    import numpy as np
     import onnx
     import torch
 
@@ -304,20 +337,8 @@ def export(ckpt_path, out, quantize=None, check_rows=CHECK_ROWS):
                   "batches": [list(map(int, b.shape)) for b, _ in batches]}
 
         if quantize == "int8":
-            int8 = os.path.join(tmp, "model.int8.onnx")
-            quantize_int8(fp32, int8)
-            q = onnx_probs(int8, ids, mask)
-            if not np.isfinite(q).all():
-                raise ExportError(f"{ckpt_path}: the int8 model gives non-finite probabilities; nothing written")
-            th = np.asarray(thresholds)
-            agree = float(((q >= th) == (got >= th)).mean())
-            qdiff = float(np.abs(q - got).max())
-            s32, s8 = os.path.getsize(fp32), os.path.getsize(int8)
-            print(f"int8: {s8 / 1e6:.1f} MB vs fp32 {s32 / 1e6:.1f} MB ({s8 / s32:.0%}); vs fp32 on the parity "
-                  f"batch: max abs diff {qdiff:.4f}, decisions at the thresholds agree {agree:.1%} "
-                  f"({ids.shape[0]} windows x {len(LABELS)} labels)")
             models["int8"] = "model.int8.onnx"
-            parity.update(int8_max_abs_diff=qdiff, int8_decision_agreement=agree)
+            parity.update(add_int8(fp32, os.path.join(tmp, models["int8"]), ids, mask, got, thresholds, ckpt_path))
 
         import onnxruntime
         import transformers
@@ -332,26 +353,12 @@ def export(ckpt_path, out, quantize=None, check_rows=CHECK_ROWS):
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                              "onnxruntime": onnxruntime.__version__}}
         write_meta(tmp, meta)
-        rows = validation_rows(cfg, check_rows) if len(models) > 1 or runtimes_installed() else None
-        if rows is None and (len(models) > 1 or runtimes_installed()):
-            print(f"warning: {cfg['data_path']} (the checkpoint's data) is not here, relative to this folder: "
-                  f"the runtimes are not checked on validation rows", file=sys.stderr)
-        elif rows is not None:
-            meta["runtime_checks"] = check_runtimes(tmp, rows, thresholds)
-            if not meta["runtime_checks"].get("onnxruntime-int8", {}).get("ok", True):
-                meta["default_model"] = "fp32"
-            write_meta(tmp, meta)
+        add_runtime_checks(tmp, meta, cfg, thresholds, check_rows)
         publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {out}/: {', '.join(sorted(os.listdir(out)))}")
     return meta
-
-
-def runtimes_installed():
-    """Whether a runtime other than onnxruntime fp32 could serve an fp32-only export (OpenVINO)."""
-    from runtimes import installed
-    return installed("openvino")
 
 
 def write_meta(folder, meta):

@@ -157,15 +157,20 @@ def test_one_group_gives_the_per_group_table_only(tmp_path):
     assert (tmp_path / "out" / "pooling.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
+def add_config_keys(run_dir, keys):
+    """Rewrite a run folder's run.json with these config keys added, as another version of train.py would."""
+    with open(os.path.join(run_dir, "run.json")) as f:
+        meta = json.load(f)
+    meta["config"].update(keys)
+    with open(os.path.join(run_dir, "run.json"), "w") as f:
+        json.dump(meta, f)
+
+
 def test_a_key_added_after_a_run_counts_as_its_default(tmp_path):
     old, new, other = synthetic_runs(tmp_path / "runs", d=(("cls", 1.0),), seeds=(0, 1, 2))
     # old: no truncation key (trained before it existed), so it counts as the default, "head"
     for path, extra in ((new, {"truncation": "head"}), (other, {"truncation": "head_tail"})):
-        with open(os.path.join(path, "run.json")) as f:
-            meta = json.load(f)
-        meta["config"].update(extra)
-        with open(os.path.join(path, "run.json"), "w") as f:
-            json.dump(meta, f)
+        add_config_keys(path, extra)
     text = compare.compare([old, new, other], str(tmp_path / "out"), 1000, 0)
     assert "2 groups" in text  # not 3: the old run joins the one with the default
     assert "| A | truncation=head | 0, 1 |" in text and "| B | truncation=head_tail | 2 |" in text
@@ -176,11 +181,7 @@ def test_a_removed_key_at_its_off_value_is_the_same_experiment(tmp_path):
     trained as runs without them do. On, they are another experiment, and labelled so."""
     old, new, other = synthetic_runs(tmp_path / "runs", d=(("cls", 1.0),), seeds=(0, 1, 2))
     for path, extra in ((old, {"ema_decay": 0.0, "oversample": 1, "layer_lr_decay": 1.0}), (other, {"oversample": 3})):
-        with open(os.path.join(path, "run.json")) as f:
-            meta = json.load(f)
-        meta["config"].update(extra)
-        with open(os.path.join(path, "run.json"), "w") as f:
-            json.dump(meta, f)
+        add_config_keys(path, extra)
     text = compare.compare([old, new, other], str(tmp_path / "out"), 1000, 0)
     assert "2 groups" in text and "| B | oversample=3 | 2 |" in text, text
 
