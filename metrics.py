@@ -77,6 +77,9 @@ def format_metrics(m):
     s = f"auc {m['aucroc_macro']:.4f} [{aucs}] macro_f1 {m['macro_f1']:.4f} micro_f1 {m['micro_f1']:.4f}"
     if "macro_f1_tuned" in m:
         s += f" | tuned: macro_f1 {m['macro_f1_tuned']:.4f} micro_f1 {m['micro_f1_tuned']:.4f}"
+    if "macro_f1_at_rates" in m:  # validation.at_rates: calibrated and reweighted to the config's base_rates
+        s += (f" | at base rates: macro_f1 {m['macro_f1_at_rates']:.4f} micro_f1 {m['micro_f1_at_rates']:.4f} "
+              f"ece <= {m['ece_max_at_rates']:.4f}")
     if m["auc_labels_defined"] < len(LABELS):
         s += f" (AUC over {m['auc_labels_defined']} of {len(LABELS)} labels: the others have one class only)"
     return s

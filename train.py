@@ -173,20 +173,21 @@ def count_bad_steps(bad, bad_steps, step, cfg, log):
 
 
 def validate(model, data, cfg, device, autocast, rank, world, tracker, step):
-    """validation.run_eval, tracked and printed -> (metrics, probabilities, tuned thresholds)."""
-    metrics, probs, thresholds = run_eval(model, data.val_seqs, data.val_idx, data.ds.labels, cfg, device, autocast,
+    """validation.run_eval, tracked and printed -> (metrics, logits, tuned thresholds)."""
+    metrics, logits, thresholds = run_eval(model, data.val_seqs, data.val_idx, data.ds.labels, cfg, device, autocast,
                                           rank, world)
     for k, v in metrics.items():
         tracker.track(f"eval_{k}", v, step, "val")
     if rank == 0:
         print(f"eval step {step}: loss {metrics['loss']:.4f} | {format_metrics(metrics)}")
-    return metrics, probs, thresholds
+    return metrics, logits, thresholds
 
 
-def write_checkpoint(path, raw_model, cfg, step, metrics, thresholds, training=None):
-    """best.pt holds the validated weights; last.pt adds training (optimizer, scaler, loop state)."""
+def write_checkpoint(path, raw_model, cfg, step, metrics, thresholds, training=None, validation=None):
+    """best.pt holds the validated weights and their validation logits and labels (validation, from which
+    export.py fits calibration and policies); last.pt adds training (optimizer, scaler, loop state)."""
     ckpt = make_checkpoint(raw_model, model_config(raw_model, cfg.encoder, cfg.dropout), cfg, step, metrics,
-                           thresholds, training)
+                           thresholds, training, validation)
     try:
         save_checkpoint(ckpt, path)
     except OSError as e:  # disk full: stop now rather than train on with nothing to resume from
@@ -295,14 +296,15 @@ def train(cfg, resume=False):
             # evaluate and save
             evaluating = step > first_step and (step % cfg.eval_every == 0 or done)
             if evaluating:
-                last_metrics, probs, last_thresholds = validate(raw_model, data, cfg, device, autocast, rank, world,
-                                                                tracker, step)
+                last_metrics, logits, last_thresholds = validate(raw_model, data, cfg, device, autocast, rank, world,
+                                                                 tracker, step)
                 if last_metrics["aucroc_macro"] > state["best_auc"]:
                     state["best_auc"] = last_metrics["aucroc_macro"]
                     if master:
-                        write_checkpoint(best_path, raw_model, cfg, step, last_metrics, last_thresholds)
+                        write_checkpoint(best_path, raw_model, cfg, step, last_metrics, last_thresholds,
+                                         validation=(logits, data.ds.labels[data.val_idx]))
                         save_predictions(os.path.join(cfg.out_dir, "val_predictions.npz"), data.ds, data.val_idx,
-                                         probs, last_thresholds, step)
+                                         logits, last_thresholds, step)
             if master and (evaluating or stop):
                 training = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "state": dict(state)}
                 write_checkpoint(last_path, raw_model, cfg, step, last_metrics, last_thresholds, training)

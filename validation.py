@@ -2,13 +2,17 @@
 computes the metrics once on the complete set, and the per-example probabilities are kept.
 
     from validation import run_eval, save_predictions
-    metrics, probs, thresholds = run_eval(model, seqs, val_idx, labels, cfg, device, autocast, rank=0, world=1)
-    save_predictions("runs/mini/val_predictions.npz", ds, val_idx, probs, thresholds, step)
+    metrics, logits, thresholds = run_eval(model, seqs, val_idx, labels, cfg, device, autocast, rank=0, world=1)
+    save_predictions("runs/mini/val_predictions.npz", ds, val_idx, logits, thresholds, step)
+The metrics include the decisions at cfg.base_rates (decisions.py): F1 at thresholds tuned on these rows
+reweighted to those rates, after calibration, and the calibration error there. The logits go into the
+checkpoint, where export.py fits the calibration and the policies it ships.
 """
 import numpy as np
 import torch
 import torch.distributed as dist
 
+import decisions
 from checkpoint import atomic_write
 from data import LABELS, pad_batch, sorted_batches
 from metrics import evaluate, tune_thresholds
@@ -47,14 +51,32 @@ def run_eval(model, seqs, val_idx, labels, cfg, device, autocast, rank, world):
         thresholds = tune_thresholds(probs, y)
         m = evaluate(probs, y, thresholds)
         m["loss"] = float(np.mean(np.maximum(full, 0) - full * y + np.log1p(np.exp(-np.abs(full)))))
-        result = [(m, probs.astype(np.float32), thresholds)]
+        m.update(at_rates(full, y, decisions.parse_rates(cfg.base_rates, "base_rates")))
+        result = [(m, full, thresholds)]
     if world > 1:
         dist.broadcast_object_list(result, src=0)
     return result[0] if rank == 0 else (result[0][0], None, None)
 
 
-def save_predictions(path, ds, val_idx, probs, thresholds, step):
-    """Per-example validation probabilities, so any metric can be recomputed without the model."""
-    arrays = dict(ids=np.array([ds.ids[i] for i in val_idx]), rows=val_idx, probs=probs, labels=ds.labels[val_idx],
+def at_rates(logits, labels, rates):
+    """Calibrated, reweighted to rates, F1 at the f1 policy's thresholds and the calibration error there ->
+    {macro_f1_at_rates, micro_f1_at_rates, f1_<label>_at_rates, ece_<label>_at_rates, ece_max_at_rates}."""
+    fitted = decisions.fit(logits, labels, rates)
+    w = decisions.rate_weights(labels, rates)
+    probs = decisions.apply_calibration(logits, fitted["calibration"])
+    thresholds = [fitted["policies"]["f1"]["thresholds"][n] for n in LABELS]
+    f1, micro = decisions.weighted_f1(probs, labels, w, thresholds)
+    _, ece = decisions.calibration_errors(probs, labels, w)
+    m = {"macro_f1_at_rates": float(f1.mean()), "micro_f1_at_rates": micro, "ece_max_at_rates": float(ece.max())}
+    m.update({f"f1_{n}_at_rates": float(f) for n, f in zip(LABELS, f1)})
+    m.update({f"ece_{n}_at_rates": float(e) for n, e in zip(LABELS, ece)})
+    return m
+
+
+def save_predictions(path, ds, val_idx, logits, thresholds, step):
+    """Per-example validation logits and probabilities, so any metric can be recomputed without the model."""
+    probs = (1 / (1 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+    arrays = dict(ids=np.array([ds.ids[i] for i in val_idx]), rows=val_idx, probs=probs, logits=logits,
+                  labels=ds.labels[val_idx],
                   thresholds=np.asarray(thresholds), step=step, label_names=np.array(LABELS))
     atomic_write(path, lambda f: np.savez(f, **arrays))
