@@ -137,3 +137,19 @@ def test_evaluate_bad_rates_exit_2(export_dir, capsys):  # noqa: F811
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --base_rates: the rate of toxic"), err
     assert not os.path.exists("reliability.png")
+
+
+def test_calibration_bench_quick(tmp_path):
+    """bench/calibration.py --quick: a tiny run's before/after tables, the half-split test and the policies."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "calibration.py"), "--quick", "--out",
+                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.load(open(tmp_path / "calibration.quick.json"))
+    (figures,) = data["runs"].values()
+    assert set(figures["cross_fitted"]) == {"enriched", "kaggle"}
+    assert set(figures["half_split_lost"]) == {"before", "argmax", "after"}
+    assert "Half-split threshold test" in r.stdout and "| precision (0.9) |" in r.stdout
