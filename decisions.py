@@ -91,7 +91,10 @@ def newton(z, y, w, a, b, fit_a, iters=100):
         p = 1 / (1 + np.exp(-np.clip(a * z + b, -50, 50)))
         r, h = w * (p - y), w * p * (1 - p) + 1e-12
         if fit_a:
-            step = np.linalg.solve([[h @ (z * z), h @ z], [h @ z, h.sum()]], [r @ z, r.sum()])
+            try:
+                step = np.linalg.solve([[h @ (z * z), h @ z], [h @ z, h.sum()]], [r @ z, r.sum()])
+            except np.linalg.LinAlgError:  # logits that do not vary: no slope to fit
+                return math.nan, math.nan
         else:
             step = np.array([0.0, r.sum() / h.sum()])
         a, b = a - step[0], b - step[1]
@@ -110,8 +113,9 @@ def fit_platt(z, y, w):
         return float(a), float(b)
     a = A_MAX if np.isfinite(a) and a > A_MAX else A_MIN
     mean_y = np.clip((w @ y) / w.sum(), 1e-6, 1 - 1e-6)
-    a, b = newton(z, y, w, a, np.log(mean_y / (1 - mean_y)) - a * (w @ z) / w.sum(), fit_a=False)
-    return float(a), float(b)
+    start = np.log(mean_y / (1 - mean_y)) - a * (w @ z) / w.sum()  # the base rate at the mean logit
+    a, b = newton(z, y, w, a, start, fit_a=False)
+    return float(a), float(b if np.isfinite(b) else start)
 
 
 def fit_calibration(logits, labels, weights):
@@ -139,10 +143,8 @@ def calibration_errors(probs, labels, weights, bins=ECE_BINS):
         p, y, w = probs[:, j], labels[:, j].astype(np.float64), weights[:, j]
         brier[j] = np.sum(w * (p - y) ** 2) / w.sum()
         which = np.minimum((p * bins).astype(int), bins - 1)
-        wb = np.bincount(which, w, bins)
         gap = np.abs(np.bincount(which, w * p, bins) - np.bincount(which, w * y, bins))
         ece[j] = gap.sum() / w.sum()  # sum over bins of (W_b / W) * |mean p - mean y| in bin b
-        del wb
     return brier, ece
 
 

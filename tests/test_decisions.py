@@ -78,7 +78,7 @@ def test_the_slope_is_bounded_and_never_flips_the_ranking():
     """Logits that barely vary (or run the wrong way) do not get stretched by hundreds or inverted."""
     rng = np.random.default_rng(0)
     y = (rng.random(200) < 0.3).astype(float)
-    for z in (1e-4 * (y - 0.5) + 1e-5 * rng.normal(size=200), -(y - 0.5) + 0.1 * rng.normal(size=200)):
+    for z in (1e-4 * (y - 0.5) + 1e-5 * rng.normal(size=200), -(y - 0.5) + 0.1 * rng.normal(size=200), np.zeros(200)):
         a, b = decisions.fit_platt(z, y, np.ones(200))
         assert decisions.A_MIN <= a <= decisions.A_MAX and np.isfinite(b)
 
