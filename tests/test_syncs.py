@@ -57,3 +57,34 @@ def test_one_sync_per_log_step_and_none_between(tiny_encoder, tmp_path, monkeypa
     counts = count_syncs(monkeypatch, cfg)
     print(f"{precision} {pooling}: {sum(counts.values())} syncs in {steps} steps: {dict(counts)}")
     assert sum(counts.values()) == steps // log_every, dict(counts)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_reports_no_synchronizing_call_between_log_steps(tiny_encoder, tmp_path, monkeypatch, precision):
+    """CUDA's own account: torch.cuda.set_sync_debug_mode warns at every synchronizing call (copies to the host,
+    .item(), nonzero, ...), in torch's C++ as well as in Python, during the same steps as above."""
+    import warnings
+    steps, log_every = 8, 4
+    cfg, _ = load_config(tiny_args(tiny_encoder, tmp_path / "run", device="cuda", precision=precision,
+                                   max_steps=steps, log_every=log_every, eval_every=100, accum_steps=2, batch_size=4))
+    real_step, real_eval = train.train_step, train.validate
+
+    def step(*a, **k):
+        torch.cuda.set_sync_debug_mode("warn")
+        return real_step(*a, **k)
+
+    def validate(*a, **k):  # the final evaluation syncs by nature
+        torch.cuda.set_sync_debug_mode("default")
+        return real_eval(*a, **k)
+    monkeypatch.setattr(train, "train_step", step)
+    monkeypatch.setattr(train, "validate", validate)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            train.train(cfg)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+    print(f"{precision}: {len(syncs)} synchronizing CUDA calls in {steps} steps: {syncs}")
+    assert len(syncs) <= steps // log_every, syncs
