@@ -99,9 +99,11 @@ def test_cold_start_quick(tmp_path, tiny_run):
 
 def test_gpu_step_quick(tmp_path):
     stdout, data = run_bench("gpu_step", tmp_path)
-    check_common(stdout, data, "gpu_step", 4)
+    check_common(stdout, data, "gpu_step", 5)
     v = data["variants"]
-    assert v[0]["padding_fraction"] > v[1]["padding_fraction"] and v[3]["compile"] and v[2]["fused_adamw"]
+    assert v[0]["padding_fraction"] > v[1]["padding_fraction"] and v[2]["compile"] and v[4]["compile"]
+    assert [x["batch_size"] for x in v] == [4, 4, 4, 16, 16] and all(x["fused_adamw"] for x in v)
+    assert v[4]["pad_multiple"] == 64 and v[4]["graphs_warmup"] >= 1 and v[1]["graphs_warmup"] == 0
 
 
 def test_missing_checkpoint_is_one_line(tmp_path):
