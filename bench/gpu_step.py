@@ -96,7 +96,8 @@ def token_table(n, max_length, batch, seed=0, vocab=30522):
 # one variant: train.py's loop, without evaluation
 
 
-def run_variant(variant, encoder, device, args, params, peaks):
+def run_variant(variant, encoder, device, args, params, peaks, prof=None):
+    """-> the variant's figures. prof: a torch.profiler.profile on a schedule, stepped after every step."""
     import torch
     import torch._dynamo
 
@@ -135,6 +136,8 @@ def run_variant(variant, encoder, device, args, params, peaks):
             agree([0.0, 0.0, float(total)], loss_sum, pending, 0, 1)
             pending.clear()
             loss_sum.zero_()
+        if prof is not None:
+            prof.step()
         return real, padded
 
     def sync():

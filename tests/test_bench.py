@@ -307,3 +307,12 @@ def test_a_stopped_training_in_a_benchmark_exits_as_train_py_does(capsys, kind, 
     with pytest.raises(SystemExit) as e:
         main_guard(run)
     assert e.value.code == code and capsys.readouterr().err == line + "\n"
+
+
+def test_gpu_profile_quick(tmp_path):
+    """bench/gpu_profile.py (gpu_check.sh's profiler count) keeps running: eager and compiled, per-step counts."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_profile.py"), "--quick", "--out",
+                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    data = json.load(open(tmp_path / "gpu_profile.quick.json"))
+    assert [v["steps"] for v in data["variants"]] == [2, 2] and all(v["syncs_per_step"] == 0 for v in data["variants"])
