@@ -12,7 +12,7 @@ and per step the lr, seed_step, train.train_step and the loss and bad-step flags
 distributed.agree, the loop's one sync, every log_every (50) steps. Warm-up steps (compilation included) come
 first, then >= 100 measured steps, torch.cuda.synchronize around them. Variants, each a fresh model:
   1. fp32 (TF32 off), batch 32, every batch padded to max_length, eager
-  2. bf16 autocast + TF32, batch 32 (the configs' batch until 2027-01), length-grouped, eager
+  2. bf16 autocast + TF32, batch 32 (the configs' batch until 2026-12-02), length-grouped, eager
   3. as 2, torch.compile on widths bucketed to multiples of 64
   4. bf16 autocast + TF32, batch 128 (configs/base.json now), length-grouped, eager
   5. as 4, torch.compile on bucketed widths: configs/base.json as it trains     (--quick: backend "eager")

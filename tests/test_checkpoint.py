@@ -108,7 +108,7 @@ def test_resume_refuses_a_run_trained_with_a_removed_feature(tmp_path):
 
 
 def test_resume_keeps_this_machines_fused_optimizer():
-    """A last.pt from an unfused optimizer (a CPU run before 2027) resumed by a fused one stays fused: the
+    """A last.pt from an unfused optimizer (a CPU run before 2026-12-02) resumed by a fused one stays fused: the
     bad-step skip on the device, and fp16's GradScaler, need the fused kernel."""
     from checkpoint import restore_training
     model = torch.nn.Linear(3, 2)
