@@ -48,8 +48,7 @@ def count_syncs(monkeypatch, cfg):
     return counts
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("precision, pooling", [("fp32", "cls"), ("fp16", "mean")])
 def test_one_sync_per_log_step_and_none_between(tiny_encoder, tmp_path, monkeypatch, precision, pooling):
     steps, log_every = 8, 4
     cfg, _ = load_config(tiny_args(tiny_encoder, tmp_path / "run", precision=precision, pooling=pooling,
