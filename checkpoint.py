@@ -160,12 +160,14 @@ def restore_training(ckpt, path, model, optimizer, scaler):
     """Load a load_resumable() checkpoint into the model, optimizer (its moments and step counts; the
     learning rates and weight decay stay the config's, so a changed --lr at resume takes effect) and
     GradScaler; one-line errors."""
-    hyper = [(g["peak_lr"], g["weight_decay"]) for g in optimizer.param_groups]
+    # the config's rates, and this machine's kernels: a CPU-written last.pt resumed on CUDA stays fused
+    kept = ("peak_lr", "weight_decay", "fused", "foreach", "capturable")
+    hyper = [{k: g[k] for k in kept if k in g} for g in optimizer.param_groups]
     try:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        for g, (peak_lr, weight_decay) in zip(optimizer.param_groups, hyper, strict=True):
-            g["peak_lr"], g["weight_decay"] = peak_lr, weight_decay
+        for g, mine in zip(optimizer.param_groups, hyper, strict=True):
+            g.update(mine)
         scaler.load_state_dict(ckpt["scaler"])
     except (RuntimeError, ValueError, KeyError) as e:  # another encoder, head or optimizer layout
         detail = " ".join(str(e).split())[:300] or type(e).__name__  # torch's message spans lines

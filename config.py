@@ -45,6 +45,7 @@ class Config:
     cache_dir: str = key(".cache", "token ids, keyed by data, tokenizer, max_length and truncation")
     group_by_length: bool = key(True, "batches of similar lengths: little padding, still random epochs")
     pad_to_max_length: bool = key(False, "pad every batch to max_length: the naive way, for benchmarks")
+    pad_multiple: int = key(0, "> 0: training batch widths rounded up to a multiple of it (max_length at most): compile reuses graphs")
     # optimisation
     seed: int = key(0, "initialisation, data order and dropout")
     batch_size: int = key(32, "samples per process and micro-step")
@@ -93,7 +94,7 @@ def check_config(cfg, source, cli_keys=()):
     for key in positive:
         if getattr(cfg, key) <= 0:
             fail(key, f"must be > 0, got {getattr(cfg, key)}")
-    for key in ("eval_max_length", "weight_decay", "warmup_steps", "max_steps", "max_minutes", "grad_clip",
+    for key in ("eval_max_length", "pad_multiple", "weight_decay", "warmup_steps", "max_steps", "max_minutes", "grad_clip",
                 "epochs"):
         if getattr(cfg, key) < 0:
             fail(key, f"must be >= 0, got {getattr(cfg, key)}")

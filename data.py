@@ -286,7 +286,8 @@ def micro_batches(data, cfg, rank, world, samples_seen):
                                            cfg.group_by_length)]
         for j in range(j, per_epoch):
             rows = order[j * per_micro:(j + 1) * per_micro][rank * per_rank:(rank + 1) * per_rank]
-            ids, mask = pad_batch([data.seqs[i] for i in rows], data.pad_id, pad_to)
+            seqs = [data.seqs[i] for i in rows]
+            ids, mask = pad_batch(seqs, data.pad_id, pad_to or bucket_width(seqs, cfg.pad_multiple, cfg.max_length))
             yield ids, mask, data.ds.labels[rows].astype(np.float32)
         epoch, j = epoch + 1, 0
 
@@ -327,6 +328,14 @@ def pad_batch(seqs, pad_id=0, pad_to=None):
         ids[i, :len(s)] = s
         mask[i, :len(s)] = 1
     return ids, mask
+
+
+def bucket_width(seqs, multiple, max_length):
+    """The longest length rounded up to a multiple of `multiple` (0: not rounded, None), at most max_length: a few
+    widths, so torch.compile builds one graph for each and reuses them, at some extra padding."""
+    if not multiple:
+        return None
+    return min(max_length, -(-max(len(s) for s in seqs) // multiple) * multiple)
 
 
 def sorted_batches(lengths, batch_size, max_tokens=None):

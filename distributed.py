@@ -3,7 +3,9 @@
     torchrun --nproc_per_node=8 train.py configs/base.json                 # one node
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train.py ...
 """
+import math
 import os
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -31,13 +33,32 @@ def init_distributed(cfg):
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def from_rank0(values, world, device):
-    """Every rank takes rank 0's floats (stop flag, lr horizon), so replicas never diverge."""
-    if world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.broadcast(t, 0)
-    return t.tolist()
+def agree(mine, loss, flags, rank, world):
+    """The training loop's one host-device sync, and under DDP its one collective (an all_reduce of MAX) ->
+    (rank 0's `mine` floats (stop flag, out of time, lr horizon), rank 0's loss, each flag set where any
+    rank's is), as Python floats. loss: a 0-d tensor on the device; flags: a list of 0-d bool tensors there."""
+    head = torch.tensor([*mine, 0.0], dtype=torch.float64, pin_memory=loss.is_cuda).to(loss.device, non_blocking=True)
+    head[-1] = loss
+    if rank > 0:  # so that MAX gives every rank rank 0's values, which all ranks then act on together
+        head.fill_(-math.inf)
+    t = torch.cat([head, torch.stack(flags).double() if flags else head[:0]])
+    if world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    values = t.tolist()
+    return values[:len(mine)], values[len(mine)], values[len(mine) + 1:]
+
+
+@contextmanager
+def node_leader_first(world, device):
+    """Local rank 0 of each node runs the block first (tokenizing into the cache); the node's other ranks wait,
+    then run it too, reading the cache it wrote. One barrier for every rank, leaders' after, others' before."""
+    leader = int(os.environ.get("LOCAL_RANK", 0)) == 0
+    wait = (lambda: dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)) if world > 1 else None
+    if wait and not leader:
+        wait()
+    yield
+    if wait and leader:
+        wait()
 
 
 def any_rank(flag, world, device):

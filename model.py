@@ -24,7 +24,12 @@ class ToxicClassifier(nn.Module):
             nn.Linear(hidden, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, num_labels))
 
     def forward(self, input_ids, attention_mask):
-        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B,T,H)
+        keep = attention_mask
+        if self.encoder.config._attn_implementation == "sdpa":
+            # SDPA takes this as it is. Given the 2D mask, transformers first asks mask.all() in Python (a batch
+            # without padding needs none), and that is a host-device sync in every eager forward on a GPU.
+            keep = attention_mask.bool()[:, None, None, :]  # (B,T) -> (B,1,1,T)
+        h = self.encoder(input_ids=input_ids, attention_mask=keep).last_hidden_state  # (B,T,H)
         if self.pooling == "cls":
             pooled = h[:, 0]  # (B,T,H) -> (B,H)
         else:

@@ -30,11 +30,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from checkpoint import (atomic_write, build_model, load_checkpoint, load_resumable, make_checkpoint, model_config,
-                        resolve_encoder, restore_training, save_checkpoint)
+from checkpoint import (CheckpointError, atomic_write, build_model, load_checkpoint, load_resumable, make_checkpoint,
+                        model_config, resolve_encoder, restore_training, save_checkpoint)
 from config import ConfigError, load_config
 from data import LABELS, micro_batches, prepare
-from distributed import any_rank, from_rank0, init_distributed
+from distributed import agree, any_rank, init_distributed, node_leader_first
 from errors import (EXIT_FILESYSTEM, EXIT_NUMERICAL, Stopped, exit_on_error, signal_code, sigterm_as_interrupt,
                     stop_on_signals)
 from metrics import format_metrics
@@ -99,16 +99,20 @@ def build_training(cfg, data, precision, device):
         model = build_model(cfg.encoder, cfg.pooling, cfg.dropout).to(device)
     except OSError as e:  # a config and tokenizer without weights
         raise ConfigError(f"encoder {cfg.encoder!r}: cannot load its weights ({str(e).splitlines()[0]})") from None
-    optimizer = make_optimizer(model, cfg, fused=device.type == "cuda")
+    optimizer = make_optimizer(model, cfg, fused=True)  # CUDA and CPU: it skips a bad step on the device
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     pos_weight = pos_weights(data.ds.labels[data.train_idx], cfg.pos_weight, cfg.pos_weight_cap).to(device)
     return model, optimizer, scaler, autocast_for(precision, device), pos_weight
 
 
 def on_device(batches, device):
-    """data.micro_batches' numpy arrays as tensors on the device."""
+    """data.micro_batches' numpy arrays as tensors on the device, and the real tokens counted on the host (counting
+    the device's mask would make the host wait for the GPU). On CUDA they go from pinned memory, so non_blocking
+    really is: a copy from pageable memory blocks the host."""
+    pin = device.type == "cuda"
     for arrays in batches:
-        yield tuple(torch.from_numpy(a).to(device, non_blocking=True) for a in arrays)
+        tensors = (torch.from_numpy(a) for a in arrays)
+        yield (*(t.pin_memory().to(device, non_blocking=True) if pin else t for t in tensors), int(arrays[1].sum()))
 
 
 # ----------------------------------------------------------------------------
@@ -117,16 +121,17 @@ def on_device(batches, device):
 
 def train_step(model, raw_model, batches, optimizer, scaler, autocast, pos_weight, accum_steps, grad_clip,
                skip_nonfinite):
-    """One optimizer step: accum_steps micro-steps over loss / accum_steps, unscale, clip, step.
+    """One optimizer step: accum_steps micro-steps over loss / accum_steps, unscale, clip, step. No host-device sync.
 
     Under DDP, gradients are all-reduced on the last micro-step only (no_sync before it).
-    With skip_nonfinite, a NaN/inf gradient norm skips the update (fp16 leaves that to the
-    GradScaler). -> (summed loss tensor, whether the step was applied, real tokens, padded tokens)
+    With skip_nonfinite, a NaN/inf gradient norm skips the update on the device (fp16 leaves that to the
+    GradScaler). -> (summed loss tensor, bad: a bool tensor, true where the norm (with skip_nonfinite) or,
+    for fp16, the loss was not finite, real tokens, padded tokens)
     """
     loss_sum, real, padded = 0.0, 0, 0
     for micro in range(accum_steps):
-        ids, mask, y = next(batches)
-        real, padded = real + int(mask.sum()), padded + mask.numel()
+        ids, mask, y, n_real = next(batches)
+        real, padded = real + n_real, padded + mask.numel()
         last = micro == accum_steps - 1
         with (model.no_sync() if hasattr(model, "no_sync") and not last else nullcontext()):
             with autocast:
@@ -136,14 +141,18 @@ def train_step(model, raw_model, batches, optimizer, scaler, autocast, pos_weigh
         loss_sum = loss_sum + loss.detach()
     scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip or math.inf)
-    stepped = not (skip_nonfinite and not torch.isfinite(norm))
-    if stepped:
-        scale = scaler.get_scale()
-        scaler.step(optimizer)
+    skip = ~torch.isfinite(norm) if skip_nonfinite else torch.zeros((), dtype=torch.bool, device=norm.device)
+    if scaler.is_enabled():
+        scaler.step(optimizer)  # fused AdamW takes the GradScaler's inf flag on the device
         scaler.update()
-        stepped = scaler.get_scale() >= scale  # fp16: the GradScaler lowers its scale when it skips a step
+    elif optimizer.defaults.get("fused"):
+        optimizer.found_inf = skip.float()  # the GradScaler's way to tell fused AdamW: 1 skips it, on the device
+        optimizer.step()
+        del optimizer.found_inf
+    elif not skip:  # any other optimizer: the host must look (a sync)
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum, stepped, real, padded
+    return loss_sum, skip if skip_nonfinite else ~torch.isfinite(loss_sum), real, padded
 
 
 def seed_step(cfg, rank, step):
@@ -151,24 +160,22 @@ def seed_step(cfg, rank, step):
     torch.manual_seed(hash((cfg.seed, rank, step)) % 2**63)
 
 
-def step_was_bad(stepped, loss, precision, world, device):
-    """fp32 and bf16: train_step skipped a non-finite gradient norm (all-reduced, so the same on every rank).
-    fp16: its GradScaler skips overflows itself (routine while the scale settles); a non-finite loss is
-    no overflow a smaller scale can fix, so that counts as bad."""
-    if precision == "fp16":
-        return any_rank(not torch.isfinite(loss).item(), world, device)
-    return not stepped
-
-
-def count_bad_steps(bad, bad_steps, step, cfg, log):
-    """Non-finite steps in a row, after this one; max_bad_steps of them stop training (exit 3)."""
-    if not bad:
-        return 0
-    bad_steps += 1
-    log(f"warning: step {step}: non-finite loss or gradient, step skipped ({bad_steps}/{cfg.max_bad_steps})")
-    if bad_steps >= cfg.max_bad_steps:
-        raise Stopped(f"step {step}: {bad_steps} consecutive non-finite steps; stopping. "
-                      f"The last good checkpoints are kept in {cfg.out_dir}", EXIT_NUMERICAL)
+def count_bad_steps(flags, bad_steps, first, cfg, log):
+    """Non-finite steps in a row after the steps first, first + 1, ... whose flags (1: bad) came with the last sync;
+    max_bad_steps of them stop training (exit 3). Skipped on the device, bad steps leave the weights as they were,
+    so learning of them a few steps late writes no bad checkpoint (eval steps sync too).
+    fp32 and bf16: a non-finite gradient norm (all-reduced, so the same on every rank). fp16: its GradScaler
+    skips overflows itself (routine while the scale settles); a non-finite loss is no overflow a smaller scale
+    can fix, so that counts as bad."""
+    for step, bad in enumerate(flags, first):
+        if not bad:
+            bad_steps = 0
+            continue
+        bad_steps += 1
+        log(f"warning: step {step}: non-finite loss or gradient, step skipped ({bad_steps}/{cfg.max_bad_steps})")
+        if bad_steps >= cfg.max_bad_steps:
+            raise Stopped(f"step {step}: {bad_steps} consecutive non-finite steps; stopping. "
+                          f"The last good checkpoints are kept in {cfg.out_dir}", EXIT_NUMERICAL)
     return bad_steps
 
 
@@ -181,6 +188,20 @@ def validate(model, data, cfg, device, autocast, rank, world, tracker, step):
     if rank == 0:
         print(f"eval step {step}: loss {metrics['loss']:.4f} | {format_metrics(metrics)}")
     return metrics, logits, thresholds
+
+
+def resumable_everywhere(path, samples_per_step, rank, world, device):
+    """checkpoint.load_resumable on every rank, and the same outcome on all: a rank that cannot read last.pt
+    (an out_dir local to rank 0's node) stops them all at once, where rank 0 alone would go on and hang in its
+    first collective until dist_timeout_s."""
+    try:
+        ckpt, failed = load_resumable(path, samples_per_step), None
+    except CheckpointError as e:
+        ckpt, failed = None, e
+    if any_rank(failed is not None, world, device):
+        raise failed or CheckpointError(f"{path}: another rank cannot resume from it (rank 0 can): out_dir must be "
+                                        f"on a file system all nodes share (README: many GPUs)")
+    return ckpt
 
 
 def write_checkpoint(path, raw_model, cfg, step, metrics, thresholds, training=None, validation=None):
@@ -207,6 +228,12 @@ def config_changes(saved, cfg):
     return f"; config changes {changed}" if changed else ""
 
 
+def next_control(caught, budget, elapsed, step, total_steps, mean_step, horizon):
+    """This rank's view of what the loop does next -> [a signal came, out of time, the step the lr ends at]."""
+    return [float(bool(caught)), float(bool(budget) and elapsed >= budget),
+            float(budget_horizon(step, total_steps, budget, elapsed, mean_step, horizon))]
+
+
 def log_progress(tracker, cfg, step, horizon, loss_sum, lr, per_step, seconds, tokens_real, tokens_padded):
     """The last log_every steps: mean loss, lr, speed, padding and time left, printed and tracked."""
     loss, samples_per_s = loss_sum / cfg.log_every, cfg.log_every * per_step / seconds
@@ -224,10 +251,18 @@ def log_progress(tracker, cfg, step, horizon, loss_sum, lr, per_step, seconds, t
 
 def train(cfg, resume=False):
     """Train to the end of the schedule (or budget) -> the best checkpoint's metrics and the run's totals."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     limit_heap_growth()
     rank, world, device = init_distributed(cfg)
+    try:
+        return run_training(cfg, resume, rank, world, device)
+    finally:  # every way out, errors and signals too: NCCL warns of a leak, and may hang the exit, without it
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def run_training(cfg, resume, rank, world, device):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
     master = rank == 0
     log = print if master else (lambda *a, **k: None)
     precision = resolve_precision(cfg.precision, device)
@@ -239,13 +274,14 @@ def train(cfg, resume=False):
     log(f"device {device} x{world} | precision {precision} | global batch {per_step} "
         f"= {cfg.batch_size} per rank x {cfg.accum_steps} accum x {world} ranks")
     best_path, last_path, run_json = (os.path.join(cfg.out_dir, f) for f in ("best.pt", "last.pt", "run.json"))
-    ckpt = load_resumable(last_path, per_step) if resume else None
+    ckpt = resumable_everywhere(last_path, per_step, rank, world, device) if resume else None
     tokenizer = load_tokenizer(cfg)
     if cfg.aim and master:
         prepare_repo(cfg.aim_repo, run_json, ckpt["state"].get("aim_hash") if resume else None)
 
     # --- data, model, optimizer, loop state
-    data = prepare(cfg, tokenizer, per_step)
+    with node_leader_first(world, device):  # one tokenization per node; its other ranks read the cache
+        data = prepare(cfg, tokenizer, per_step)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * data.steps_per_epoch)
     log(f"data {cfg.data_path}: {len(data.train_idx)} train / {len(data.val_idx)} val rows, "
         f"{data.steps_per_epoch} steps per epoch, {total_steps} steps")
@@ -261,9 +297,13 @@ def train(cfg, resume=False):
         state.update(ckpt["state"])
         last_metrics, last_thresholds = ckpt.get("metrics") or {}, ckpt.get("thresholds", last_thresholds)
         log(f"resumed from {last_path} at step {state['step']}{config_changes(ckpt['config'], cfg)}")
-    model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else raw_model
-    if cfg.compile:
-        model = torch.compile(model)
+    if world > 1:  # BERT's buffers are constants (no broadcast); gradients live in the all-reduce buckets
+        model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+                    gradient_as_bucket_view=True)
+    else:
+        model = raw_model
+    if cfg.compile:  # bucketed widths: one static graph per bucket; else dynamo's own choice (dynamic on a change)
+        model = torch.compile(model, dynamic=False if cfg.pad_multiple else None)
     batches = on_device(micro_batches(data, cfg, rank, world, state["samples_seen"]), device)
     hparams = {**asdict(cfg), "precision_effective": precision, "world_size": world, "global_batch": per_step,
                "torch": str(torch.__version__)}
@@ -276,22 +316,19 @@ def train(cfg, resume=False):
             write_run_json(run_json, cfg, tracker.hash, precision, world)
         step, first_step, budget = state["step"], state["step"], cfg.max_minutes * 60
         t_start = time.time() - state["train_seconds"]
-        step_seconds, step_count, bad_steps = 0.0, 0, 0
+        step_seconds, step_count, bad_steps, pending = 0.0, 0, 0, []  # pending: bad flags on the device, since the sync
         loss_sum, tokens_real, tokens_padded, t_log = torch.zeros((), device=device), 0, 0, time.time()
+        control = next_control(caught, budget, time.time() - t_start, step, total_steps, None, state["horizon"])
+        control = agree(control, loss_sum, [], rank, world)[0]  # every rank starts on rank 0's horizon
         raw_model.train()
         while True:
-            # set the lr: the schedule ends at the horizon (a budget's estimate, or the last step)
-            elapsed = time.time() - t_start
-            mean_step = step_seconds / step_count if step_count >= MIN_TIMED_STEPS else None
-            horizon = budget_horizon(step, total_steps, budget, elapsed, mean_step, state["horizon"])
-            stop, out_of_time, horizon = from_rank0(
-                [float(bool(caught)), float(bool(budget) and elapsed >= budget), float(horizon)], world, device)
-            horizon = state["horizon"] = int(horizon)
+            # set the lr: the schedule ends at the horizon (a budget's estimate, or the last step), rank 0's
+            stop, out_of_time, horizon = bool(control[0]), bool(control[1]), int(control[2])
             lr_mult = get_lr(step, horizon, cfg.warmup_steps)
             for g in optimizer.param_groups:
                 g["lr"] = g["peak_lr"] * lr_mult
             done = step >= horizon or out_of_time
-            state.update(step=step, train_seconds=elapsed)
+            state.update(step=step, train_seconds=time.time() - t_start, horizon=horizon)
 
             # evaluate and save
             evaluating = step > first_step and (step % cfg.eval_every == 0 or done)
@@ -318,25 +355,31 @@ def train(cfg, resume=False):
             # one optimizer step: micro-steps, unscale, clip, step, zero_grad
             t0 = time.time()
             seed_step(cfg, rank, step)
-            loss, stepped, real, padded = train_step(model, raw_model, batches, optimizer, scaler, autocast, pos_weight,
-                                                     cfg.accum_steps, cfg.grad_clip, skip_nonfinite=precision != "fp16")
-            bad = step_was_bad(stepped, loss, precision, world, device)
-            bad_steps = count_bad_steps(bad, bad_steps, step, cfg, log)
-            loss_sum += 0 if bad else loss
+            loss, bad, real, padded = train_step(model, raw_model, batches, optimizer, scaler, autocast, pos_weight,
+                                                 cfg.accum_steps, cfg.grad_clip, skip_nonfinite=precision != "fp16")
+            loss_sum += torch.where(bad, 0.0, loss)
+            pending.append(bad)
             tokens_real, tokens_padded = tokens_real + real, tokens_padded + padded
             step += 1
             state["samples_seen"] += per_step
             step_seconds, step_count = step_seconds + time.time() - t0, step_count + 1
 
-            # log
-            if step % cfg.log_every == 0 and master:
-                log_progress(tracker, cfg, step, horizon, loss_sum.item(), lr_mult * cfg.lr, per_step,
-                             time.time() - t_log, tokens_real, tokens_padded)
-                loss_sum.zero_()
-                tokens_real, tokens_padded, t_log = 0, 0, time.time()
+            # log, with the loop's one host-device sync (and under DDP its one collective): on log and eval
+            # steps and the last, never between. One process decides on stopping at every step, on the host.
+            mean_step = step_seconds / step_count if step_count >= MIN_TIMED_STEPS else None
+            mine = next_control(caught, budget, time.time() - t_start, step, total_steps, mean_step, horizon)
+            control = mine if world == 1 else control  # ranks act on what rank 0 said at the last sync
+            if step % cfg.log_every == 0 or step % cfg.eval_every == 0 or step >= control[2] or any(control[:2]):
+                control, loss_total, flags = agree(mine, loss_sum, pending, rank, world)
+                bad_steps = count_bad_steps(flags, bad_steps, step - len(pending), cfg, log)
+                pending = []
+                if step % cfg.log_every == 0:
+                    if master:
+                        log_progress(tracker, cfg, step, horizon, loss_total, lr_mult * cfg.lr, per_step,
+                                     time.time() - t_log, tokens_real, tokens_padded)
+                    loss_sum.zero_()
+                    tokens_real, tokens_padded, t_log = 0, 0, time.time()
 
-    if world > 1:
-        dist.destroy_process_group()
     best = load_checkpoint(best_path)["metrics"] if master and os.path.exists(best_path) else last_metrics or None
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     log(f"done: {step} steps, {state['samples_seen']} samples in {(time.time() - t_start) / 60:.1f} min, "

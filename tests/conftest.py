@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny random BERT (2 layers, hidden 32) with the packaged MiniLM tokenizer,
-and a tiny trained run. Nothing here touches the network."""
+and a tiny trained run. Nothing here touches the network.
+
+Every test runs on the CPU, on a machine with GPUs too (the exactness checks assume CPU determinism), unless it
+is marked `@pytest.mark.cuda` (or `cuda(gpus=2)`): those run on CUDA and skip where there are too few GPUs."""
 import os
 import shutil
 import subprocess
@@ -11,6 +14,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED_TRAIN = os.path.join(ROOT, "..", "shared", "data", "jigsaw", "train.csv")
 SAMPLE = os.path.join(ROOT, "data", "sample", "train.csv")
+
+
+@pytest.fixture(autouse=True)
+def cpu_unless_marked_cuda(request, monkeypatch):
+    import torch
+    marker = request.node.get_closest_marker("cuda")
+    if marker is None:  # this process and the train.py or torchrun ones it starts see no GPU
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    elif torch.cuda.device_count() < marker.kwargs.get("gpus", 1):
+        pytest.skip(f"needs {marker.kwargs.get('gpus', 1)} CUDA GPU(s), this machine has {torch.cuda.device_count()}")
 
 
 def make_tiny_encoder(path, seed=0):
@@ -35,7 +49,7 @@ def tiny_encoder(tmp_path_factory):
 
 def tiny_args(encoder, out_dir, **overrides):
     """CLI args for a fast, deterministic training run of the tiny model on the sample data."""
-    args = {"encoder": encoder, "data_path": SAMPLE, "out_dir": str(out_dir), "aim": "false",
+    args = {"encoder": encoder, "data_path": SAMPLE, "out_dir": str(out_dir), "aim": "false", "device": "cpu",
             "cache_dir": str(out_dir) + "_cache", "precision": "fp32", "batch_size": 16, "max_steps": 6,
             "eval_every": 3, "log_every": 2, "warmup_steps": 1, "lr": 1e-3, "head_lr": 1e-3}
     args.update({k: str(v) for k, v in overrides.items()})

@@ -99,9 +99,11 @@ def test_cold_start_quick(tmp_path, tiny_run):
 
 def test_gpu_step_quick(tmp_path):
     stdout, data = run_bench("gpu_step", tmp_path)
-    check_common(stdout, data, "gpu_step", 4)
+    check_common(stdout, data, "gpu_step", 5)
     v = data["variants"]
-    assert v[0]["padding_fraction"] > v[1]["padding_fraction"] and v[3]["compile"] and v[2]["fused_adamw"]
+    assert v[0]["padding_fraction"] > v[1]["padding_fraction"] and v[2]["compile"] and v[4]["compile"]
+    assert [x["batch_size"] for x in v] == [4, 4, 4, 16, 16] and all(x["fused_adamw"] for x in v)
+    assert v[4]["pad_multiple"] == 64 and v[4]["graphs_warmup"] >= 1 and v[1]["graphs_warmup"] == 0
 
 
 def test_missing_checkpoint_is_one_line(tmp_path):
@@ -305,3 +307,12 @@ def test_a_stopped_training_in_a_benchmark_exits_as_train_py_does(capsys, kind, 
     with pytest.raises(SystemExit) as e:
         main_guard(run)
     assert e.value.code == code and capsys.readouterr().err == line + "\n"
+
+
+def test_gpu_profile_quick(tmp_path):
+    """bench/gpu_profile.py (gpu_check.sh's profiler count) keeps running: eager and compiled, per-step counts."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_profile.py"), "--quick", "--out",
+                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    data = json.load(open(tmp_path / "gpu_profile.quick.json"))
+    assert [v["steps"] for v in data["variants"]] == [2, 2] and all(v["syncs_per_step"] == 0 for v in data["variants"])

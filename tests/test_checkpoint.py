@@ -105,3 +105,17 @@ def test_resume_refuses_a_run_trained_with_a_removed_feature(tmp_path):
     save_checkpoint(ckpt, path)
     with pytest.raises(CheckpointError, match=r"trained with \{'oversample': 3\}, removed on 2026-12-01"):
         load_resumable(path, samples_per_step=16)
+
+
+def test_resume_keeps_this_machines_fused_optimizer():
+    """A last.pt from an unfused optimizer (a CPU run before 2026-12-02) resumed by a fused one stays fused: the
+    bad-step skip on the device, and fp16's GradScaler, need the fused kernel."""
+    from checkpoint import restore_training
+    model = torch.nn.Linear(3, 2)
+    old = torch.optim.AdamW(model.parameters(), fused=False)
+    old.param_groups[0]["peak_lr"] = 1e-3
+    new = torch.optim.AdamW(model.parameters(), fused=True)
+    new.param_groups[0]["peak_lr"] = 2e-3
+    ckpt = {"model": model.state_dict(), "optimizer": old.state_dict(), "scaler": {}}
+    restore_training(ckpt, "last.pt", model, new, torch.amp.GradScaler("cpu", enabled=False))
+    assert new.param_groups[0]["fused"] and new.param_groups[0]["peak_lr"] == 2e-3

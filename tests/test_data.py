@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data import (LABELS, DataError, epoch_order, pad_batch, read_csv, read_test, sorted_batches,
+from data import (LABELS, DataError, bucket_width, epoch_order, pad_batch, read_csv, read_test, sorted_batches,
                   split_indices, tokenize)
 
 HEADER = "id,comment_text," + ",".join(LABELS)
@@ -190,3 +190,10 @@ def test_csv_lines_may_end_in_a_lone_carriage_return(tmp_path):
     path.write_bytes((HEADER + "\ra1,first,0,0,0,0,0,0\ra2,\"two\rlines\",1,0,0,0,0,0\r").encode())
     ds = read_csv(str(path))
     assert ds.ids == ["a1", "a2"] and ds.texts == ["first", "two\rlines"] and ds.labels[1, 0] == 1
+
+
+def test_bucket_width_rounds_up_to_a_few_widths():
+    seqs = [np.ones(n) for n in (3, 17, 40)]
+    assert bucket_width(seqs, 0, 128) is None  # off: padded to the longest
+    assert bucket_width(seqs, 32, 128) == 64 and bucket_width(seqs, 32, 50) == 50  # never past max_length
+    assert {bucket_width([np.ones(n)], 32, 256) for n in range(1, 257)} == set(range(32, 257, 32))
