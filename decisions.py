@@ -85,21 +85,36 @@ def rate_weights(labels, rates):
 # ----------------------------------------------------------------------------
 # calibration (Platt scaling on the logit, weighted)
 
+def log_loss(z, y, w, a, b):
+    """Weighted log loss of sigmoid(a * z + b) against y, computed stably."""
+    t = a * z + b
+    return float(w @ (np.logaddexp(0, t) - y * t))
+
+
 def newton(z, y, w, a, b, fit_a, iters=100):
-    """Weighted logistic regression of y on a * z + b by Newton's method, a fixed unless fit_a -> (a, b)."""
+    """Weighted logistic regression of y on a * z + b, a fixed unless fit_a -> (a, b): Newton steps, each
+    halved until the loss falls enough (Armijo). Full steps alone overshoot from (1, 0) when the logits
+    sit on one side of zero, as pos_weight leaves them, and run off to a useless slope."""
+    loss = log_loss(z, y, w, a, b)
     for _ in range(iters):
         p = 1 / (1 + np.exp(-np.clip(a * z + b, -50, 50)))
         r, h = w * (p - y), w * p * (1 - p) + 1e-12
+        grad = np.array([r @ z if fit_a else 0.0, r.sum()])
         if fit_a:
             try:
-                step = np.linalg.solve([[h @ (z * z), h @ z], [h @ z, h.sum()]], [r @ z, r.sum()])
+                step = np.linalg.solve([[h @ (z * z), h @ z], [h @ z, h.sum()]], grad)
             except np.linalg.LinAlgError:  # logits that do not vary: no slope to fit
                 return math.nan, math.nan
         else:
-            step = np.array([0.0, r.sum() / h.sum()])
-        a, b = a - step[0], b - step[1]
-        if not np.isfinite([a, b]).all() or np.abs(step).max() < 1e-9:
+            step = np.array([0.0, grad[1] / h.sum()])
+        t = 1.0
+        while t > 1e-10 and log_loss(z, y, w, a - t * step[0], b - t * step[1]) > loss - 1e-4 * t * (grad @ step):
+            t /= 2
+        a, b = a - t * step[0], b - t * step[1]
+        new = log_loss(z, y, w, a, b)
+        if not np.isfinite([a, b]).all() or abs(loss - new) <= 1e-12 * max(abs(loss), 1.0):
             break
+        loss = new
     return a, b
 
 
@@ -152,9 +167,10 @@ def calibration_errors(probs, labels, weights, bins=ECE_BINS):
 # thresholds
 
 def curves(p, y, w, grid=GRID):
-    """Weighted true positives, predicted positives and positives at each threshold -> (G,), (G,), scalar."""
+    """Weighted true positives, predicted positives and positives at each threshold, and which rows each
+    flags -> (G,), (G,), scalar, (N, G)."""
     pred = p[:, None] >= grid[None, :]                             # (N,1) >= (1,G) -> (N,G)
-    return (w * y) @ pred, w @ pred, float(w @ y)
+    return (w * y) @ pred, w @ pred, float(w @ y), pred
 
 
 def tune_f1(p, w, grid=GRID):
@@ -187,8 +203,7 @@ def tune_target(p, y, w, kind, target):
     top of the scale is not a precision: tuned on one half of the validation split on point estimates, the
     precision policy for severe_toxic and threat reached 0.54 and 0.37 on the other half, against its 0.9
     target (docs/experiments.md, 2026-12-02)."""
-    flagged = p[:, None] >= GRID[None, :]                            # (N,1) >= (1,G) -> (N,G)
-    tp, predicted, positives = curves(p, y, w)
+    tp, predicted, positives, flagged = curves(p, y, w)
     if kind == "precision":
         rate, n = tp / np.maximum(predicted, 1e-300), predicted ** 2 / np.maximum((w ** 2) @ flagged, 1e-300)
         good = np.flatnonzero((predicted > 0) & (wilson_lower(rate, n) >= target))
@@ -201,19 +216,21 @@ def tune_target(p, y, w, kind, target):
 
 def precision_recall(p, y, w, threshold):
     """Weighted precision and recall of p >= threshold (None: never flagged) -> (precision, recall)."""
+    positives = float(w @ y)
     if threshold is None:
-        return None, 0.0
+        return None, (0.0 if positives else None)
     pred = p >= threshold
-    tp, predicted, positives = float(w @ (pred * y)), float(w @ pred), float(w @ y)
+    tp, predicted = float(w @ (pred * y)), float(w @ pred)
     return (tp / predicted if predicted else None), (tp / positives if positives else None)
 
 
 # ----------------------------------------------------------------------------
 # everything at once
 
-def fit(logits, labels, rates, target_precision=0.9, target_recall=0.9, seed=0):
+def fit(logits, labels, rates, target_precision=0.9, target_recall=0.9):
     """Calibration and the three policies at rates (None: the rows' own) -> a JSON-able dict:
-    {"base_rates", "calibration", "policies": {name: {"target"?, "thresholds", "precision", "recall"}}}."""
+    {"base_rates", "calibration", "policies": {name: {"target"?, "thresholds", "precision", "recall",
+    "unreached"?: {label: why its threshold is null}}}}."""
     w = rate_weights(labels, rates)
     calibration = fit_calibration(logits, labels, w)
     probs = apply_calibration(logits, calibration)
@@ -224,15 +241,27 @@ def fit(logits, labels, rates, target_precision=0.9, target_recall=0.9, seed=0):
         for j, label in enumerate(LABELS):
             if y[:, j].sum() < MIN_POSITIVES:
                 t = 0.5 if name == "f1" else None
+                why = f"fewer than {MIN_POSITIVES} validation positives"
             elif name == "f1":
                 t = tune_f1(probs[:, j], w[:, j])
             else:
                 t = tune_target(probs[:, j], y[:, j], w[:, j], name, policy["target"])
+                why = f"no threshold reaches {name} {policy['target']} with 95% confidence on validation"
+            if t is None:
+                policy.setdefault("unreached", {})[label] = why
             policy["thresholds"][label] = t
             policy["precision"][label], policy["recall"][label] = precision_recall(probs[:, j], y[:, j], w[:, j], t)
     used = {n: float(y[:, j].mean()) for j, n in enumerate(LABELS)} if rates is None else dict(rates)
     return {"base_rates": {"reweighted": rates is not None, "rates": used},
             "calibration": calibration, "policies": policies}
+
+
+def summary(probs, labels, weights, thresholds):
+    """What the decisions give on these rows under these weights -> {"macro_f1", "micro_f1", and per
+    label "f1", "brier", "ece" as (L,) arrays}."""
+    f1, micro = weighted_f1(probs, labels, weights, thresholds)
+    brier, ece = calibration_errors(probs, labels, weights)
+    return {"macro_f1": float(f1.mean()), "micro_f1": micro, "f1": f1, "brier": brier, "ece": ece}
 
 
 def weighted_f1(probs, labels, weights, thresholds):

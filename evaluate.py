@@ -13,7 +13,7 @@ The test set's rows labelled -1 (not scored by Kaggle) are dropped from the metr
 F1 is given at the export's per-label thresholds (tuned on validation) and at 0.5. The rows are first
 reweighted to --base_rates (decisions.py; default: the rates the export was calibrated for, Kaggle's
 full-set rates unless set, which leaves rows of a natural-rate set such as Kaggle's test about as they
-are); --base_rates none takes them as they are. At those rates: F1, Brier score and expected calibration
+are; an export made with base_rates none, and --base_rates none, take the rows as they are). At those rates: F1, Brier score and expected calibration
 error (ECE, 10 equal-width bins) per label, and a reliability figure (--figure, PNG): a calibrated
 model's points lie on the diagonal. AUC never depends on the rates.
 Figures from ../shared/data/jigsaw/train.csv are on a toxic-enriched subset (about 26% toxic against
@@ -46,13 +46,11 @@ def report(m, thresholds, n_rows, source, at_rates):
 
 
 def at_base_rates(probs, labels, thresholds, rates):
-    """F1 (per label, macro, micro), Brier and ECE of probs with labels reweighted to rates (None: as they are)."""
+    """decisions.summary of probs with labels reweighted to rates (None: as they are), and the weights."""
     import decisions
     w = decisions.rate_weights(labels, rates)
-    f1, micro = decisions.weighted_f1(probs, labels, w, thresholds)
-    brier, ece = decisions.calibration_errors(probs, labels, w)
-    return {"rates": "as the rows are" if rates is None else ", ".join(f"{n} {r:.4g}" for n, r in rates.items()),
-            "f1": f1, "macro_f1": float(f1.mean()), "micro_f1": micro, "brier": brier, "ece": ece, "weights": w}
+    return {**decisions.summary(probs, labels, w, thresholds), "weights": w,
+            "rates": "as the rows are" if rates is None else ", ".join(f"{n} {r:.4g}" for n, r in rates.items())}
 
 
 def reliability_figure(path, probs, labels, weights, rates_text, bins=10):

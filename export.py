@@ -141,29 +141,23 @@ def fit_decisions(ckpt, ckpt_path, base_rates, target_precision, target_recall):
     """decisions.fit on the checkpoint's validation logits -> its dict (base_rates, calibration, policies)
     plus "validation" (F1, Brier and ECE per label at those rates, on the same rows), or None where the
     checkpoint holds no validation logits (written before 2026-12-02, or a last.pt)."""
-    import numpy as np
-
     import decisions
     rates = decisions.parse_rates(base_rates or ckpt["config"].get("base_rates", "kaggle"), "--base_rates")
     if "validation" not in ckpt:
         print(f"warning: {ckpt_path}: no validation logits (a last.pt, or trained before calibration): the "
               f"scores are not calibrated and the export has no policies", file=sys.stderr)
         return None
-    logits = ckpt["validation"]["logits"].numpy().astype(np.float64)
-    labels = ckpt["validation"]["labels"].numpy()
+    logits, labels = ckpt["validation"]["logits"].double().numpy(), ckpt["validation"]["labels"].numpy()
     fitted = decisions.fit(logits, labels, rates, target_precision, target_recall)
-    w = decisions.rate_weights(labels, rates)
-    probs = decisions.apply_calibration(logits, fitted["calibration"])
-    f1, micro = decisions.weighted_f1(probs, labels, w, [fitted["policies"]["f1"]["thresholds"][n] for n in LABELS])
-    brier, ece = decisions.calibration_errors(probs, labels, w)
-    fitted["validation"] = {"rows": len(labels), "macro_f1": float(f1.mean()), "micro_f1": micro,
-                            **{k: dict(zip(LABELS, map(float, v))) for k, v in (("f1", f1), ("brier", brier),
-                                                                                  ("ece", ece))}}
+    s = decisions.summary(decisions.apply_calibration(logits, fitted["calibration"]), labels,
+                          decisions.rate_weights(labels, rates),
+                          [fitted["policies"]["f1"]["thresholds"][n] for n in LABELS])
+    fitted["validation"] = {"rows": len(labels), "macro_f1": s["macro_f1"], "micro_f1": s["micro_f1"],
+                            **{k: dict(zip(LABELS, map(float, s[k]))) for k in ("f1", "brier", "ece")}}
     for name, policy in fitted["policies"].items():
-        missing = [n for n, t in policy["thresholds"].items() if t is None]
-        if missing:
-            print(f"policy {name}: target {policy['target']} not reached on validation for {', '.join(missing)} "
-                  f"(no threshold there; predict.py --policy {name} then needs --thresholds for them)")
+        for label, why in policy.get("unreached", {}).items():
+            print(f"policy {name}: no threshold for {label} ({why}); predict.py --policy {name} "
+                  f"needs --thresholds {label}=X")  # a fact of the data, recorded in export.json: not a warning
     return fitted
 
 

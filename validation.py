@@ -1,5 +1,5 @@
 """Validation during training (train.py): every rank scores its share of the validation rows, rank 0
-computes the metrics once on the complete set, and the per-example probabilities are kept.
+computes the metrics once on the complete set, and the per-example logits are kept.
 
     from validation import run_eval, save_predictions
     metrics, logits, thresholds = run_eval(model, seqs, val_idx, labels, cfg, device, autocast, rank=0, world=1)
@@ -62,14 +62,11 @@ def at_rates(logits, labels, rates):
     """Calibrated, reweighted to rates, F1 at the f1 policy's thresholds and the calibration error there ->
     {macro_f1_at_rates, micro_f1_at_rates, f1_<label>_at_rates, ece_<label>_at_rates, ece_max_at_rates}."""
     fitted = decisions.fit(logits, labels, rates)
-    w = decisions.rate_weights(labels, rates)
     probs = decisions.apply_calibration(logits, fitted["calibration"])
-    thresholds = [fitted["policies"]["f1"]["thresholds"][n] for n in LABELS]
-    f1, micro = decisions.weighted_f1(probs, labels, w, thresholds)
-    _, ece = decisions.calibration_errors(probs, labels, w)
-    m = {"macro_f1_at_rates": float(f1.mean()), "micro_f1_at_rates": micro, "ece_max_at_rates": float(ece.max())}
-    m.update({f"f1_{n}_at_rates": float(f) for n, f in zip(LABELS, f1)})
-    m.update({f"ece_{n}_at_rates": float(e) for n, e in zip(LABELS, ece)})
+    s = decisions.summary(probs, labels, decisions.rate_weights(labels, rates),
+                          [fitted["policies"]["f1"]["thresholds"][n] for n in LABELS])
+    m = {"macro_f1_at_rates": s["macro_f1"], "micro_f1_at_rates": s["micro_f1"], "ece_max_at_rates": float(s["ece"].max())}
+    m.update({f"{k}_{n}_at_rates": float(x) for k in ("f1", "ece") for n, x in zip(LABELS, s[k])})
     return m
 
 

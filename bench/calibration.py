@@ -36,7 +36,8 @@ def load_run(folder):
     path = os.path.join(folder, "val_predictions.npz")
     try:
         with np.load(path) as z:
-            logits = z["logits"] if "logits" in z.files else np.log(z["probs"]) - np.log1p(-z["probs"])
+            p = np.clip(z["probs"].astype(np.float64), 1e-7, 1 - 1e-7)  # float32 rounds the extremes to 0 or 1
+            logits = z["logits"] if "logits" in z.files else np.log(p) - np.log1p(-p)
             return logits.astype(np.float64), z["labels"]
     except (OSError, KeyError, ValueError) as e:
         raise BenchError(f"{path}: not a readable val_predictions.npz ({type(e).__name__}: {e})") from None
@@ -46,7 +47,7 @@ def oracle(p, y, w):
     """Per label, the grid threshold with the best weighted F1 on these very rows."""
     out = []
     for j in range(len(LABELS)):
-        tp, predicted, positives = decisions.curves(p[:, j], y[:, j].astype(float), w[:, j])
+        tp, predicted, positives, _ = decisions.curves(p[:, j], y[:, j].astype(float), w[:, j])
         out.append(decisions.GRID[np.argmax(2 * tp / np.maximum(predicted + positives, 1e-12))])
     return np.array(out)
 
