@@ -19,6 +19,8 @@ the label. Bad arguments raise PolicyError (an errors.UsageError) naming the arg
 """
 import math
 
+import numpy as np
+
 import predict
 from inputs import valid_unicode
 
@@ -112,18 +114,21 @@ class Classifier:
         """One dict per text: scores, labels, spans (and windows=True: every window's begin, end and
         scores). thresholds: a number (every label) or {label: number}, over the policy's."""
         th = self.thresholds(policy, thresholds)
+        return self.decide(self.score_windows(texts, batch_size, progress), th, windows)
+
+    def score_windows(self, texts, batch_size=32, progress=False):
+        """One model pass, no decisions -> per text (probs (W,6) float32, [(begin, end)] per window).
+        serve.py scores many requests' texts in one call, then decides each at its own thresholds."""
         texts = [valid_unicode(t)[0] for t in texts]  # lone surrogates (JSON's \ud800) become U+FFFD, one for one
         seqs, offsets = predict.encode_texts(self.model.tokenizer, texts, offsets=True)
         (owner, start, end), probs = predict.score_windows(self.model, seqs, batch_size, progress)
-        out, w = [], 0
-        for i, text in enumerate(texts):
-            k = w
-            while k < len(owner) and owner[k] == i:  # this text's windows are consecutive
-                k += 1
-            spans = [window_span(offsets[i], start[j], end[j]) for j in range(w, k)]
-            out.append(describe(self.labels, th, probs[w:k], spans, windows))
-            w = k
-        return out
+        bounds = np.searchsorted(owner, np.arange(len(texts) + 1))  # a text's windows are consecutive
+        return [(probs[a:b], [window_span(offsets[i], start[j], end[j]) for j in range(a, b)])
+                for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+    def decide(self, scored, th, windows=False):
+        """score_windows' output at thresholds th (a list in label order) -> predict's dicts."""
+        return [describe(self.labels, th, probs, spans, windows) for probs, spans in scored]
 
 
 def window_span(offsets, start, end):
