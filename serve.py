@@ -271,6 +271,9 @@ def make_app(clf, limits, max_batch=MAX_BATCH, wait_ms=BATCH_WAIT_MS):
         return JSONResponse(error_body(exc.status_code, "path", f"{request.method} {request.url.path}: "
                                                                 f"{exc.detail}"), status_code=exc.status_code)
 
+    async def internal_error(request, exc):  # logged with its traceback by Starlette; the client gets JSON
+        return JSONResponse(error_body(500, None, f"internal error: {type(exc).__name__}"), status_code=500)
+
     @asynccontextmanager
     async def lifespan(app):
         task = asyncio.get_running_loop().create_task(batcher.run())
@@ -282,7 +285,7 @@ def make_app(clf, limits, max_batch=MAX_BATCH, wait_ms=BATCH_WAIT_MS):
     app = Starlette(routes=[Route("/v1/classify", classify, methods=["POST"]),
                             Route("/v1alpha1/comments:analyze", analyze, methods=["POST"]),
                             Route("/health", health, methods=["GET"]), Route("/v1/model", model_info, methods=["GET"])],
-                    exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+                    exception_handlers={HTTPException: http_error, Exception: internal_error}, lifespan=lifespan)
     return request_log(app)
 
 

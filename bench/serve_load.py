@@ -1,6 +1,7 @@
 """Load test: serve.py as a real process on 127.0.0.1, clients sending one comment a request, against predict.py --file.
 
-    python bench/serve_load.py --model exports/mini-real --data ../shared/data/jigsaw/train.csv   # ~6 min
+    python bench/serve_load.py --model exports/mini-real --data ../shared/data/jigsaw/train.csv   # ~10 min alone
+    python bench/serve_load.py --model exports/mini-real --data ../shared/data/jigsaw/train.csv --rss_chars 64
     python bench/serve_load.py --model exports/mini --quick          # a few requests a level (CI, seconds)
     python bench/serve_load.py --model M --data D --batch_wait_ms 0  # any serve.py flag after --serve_args
 
@@ -14,7 +15,8 @@
 4. Correctness: every answer is checked against classifier.Classifier.predict on the same text and runtime
    (max abs score difference; fp32 is batch-independent to 1e-5, int8 and OpenVINO bf16 move with the batch),
    and every request must get exactly one 200 answer (the server's texts_scored counter must match).
-5. RSS run: --rss_requests (default 20,000) more requests from 32 clients; RSS after vs before it.
+5. RSS run: --rss_requests (default 20,000) more requests from 32 clients; RSS after vs before it
+   (--rss_chars N: each comment's first N characters, so that 20,000 requests fit on a busy machine).
 6. One Classifier.predict call on one comment (this process, same runtime), p50 over the 1-client comments:
    the 1-client HTTP p50 is compared with it.
 The load generator runs on the same CPU as the server: on a 2-core machine it takes some of the server's time.
@@ -162,7 +164,7 @@ def api_reference(model, runtime, texts, single):
         t0 = time.perf_counter()
         clf.predict([t])
         times.append(time.perf_counter() - t0)
-    return ref, statistics.median(times)
+    return ref, statistics.median(times) if times else None
 
 
 def max_diff(answers, ref):
@@ -178,10 +180,12 @@ def run(argv=None):
     p.add_argument("--model", required=True, help="export folder")
     p.add_argument("--data", default=os.path.join(ROOT, "data", "sample", "train.csv"), help="CSV with comment_text")
     p.add_argument("--runtime", default="auto", help="the server's runtime (predict.py and the API take the same)")
-    p.add_argument("--comments", type=int, default=1000, help="distinct comments sent (and given to predict.py)")
-    p.add_argument("--requests", type=int, default=1000, help="requests a level at most (1 client: a fifth)")
+    p.add_argument("--comments", type=int, default=500, help="distinct comments sent (and given to predict.py)")
+    p.add_argument("--requests", type=int, default=500, help="requests a level at most (1 client: a fifth)")
     p.add_argument("--max_seconds", type=float, default=60, help="seconds a level at most")
     p.add_argument("--rss_requests", type=int, default=20000, help="requests of the RSS run (0: none)")
+    p.add_argument("--rss_chars", type=int, default=0, help="the RSS run sends each comment's first N characters "
+                                                             "(0: whole): on a busy machine 20,000 whole ones take hours")
     p.add_argument("--serve_args", nargs=argparse.REMAINDER, default=[], help="passed to serve.py")
     add_common_args(p)
     args = p.parse_args(argv)
@@ -194,17 +198,23 @@ def run(argv=None):
     import predict
     predict.read_meta(args.model)  # a bad folder: one line before anything starts
     texts = comments(args.data, args.comments)
-    server = ServerProcess(args.model, args.runtime, args.serve_args)
-    try:
-        data = measure(args, texts, server)
-    finally:
-        server.stop()
+    from errors import sigterm_as_interrupt
+    with sigterm_as_interrupt():  # a stopped benchmark stops its server too
+        server = ServerProcess(args.model, args.runtime, args.serve_args)
+        try:
+            data = measure(args, texts, server)
+        finally:
+            server.stop()
     report(args, texts, data)
 
 
 def measure(args, texts, server):
-    rss = {"at start": server.rss_mb()}
-    levels = []
+    """The baseline first, then the levels and the API reference, close in time (a shared machine's load
+    drifts), then the long RSS run."""
+    rss, levels, runtime = {"at start": server.rss_mb()}, [], server.runtime
+    with tempfile.TemporaryDirectory() as tmp:  # the server is idle: the baseline has the CPU
+        wall_all, wall_one = predict_file(args.model, runtime, texts, tmp)
+    print(f"predict.py --file: {len(texts) / wall_all:.1f} comments/s with its start", file=sys.stderr, flush=True)
     for c in LEVELS:
         n = max(c, args.requests // 5) if c == 1 else args.requests
         answers, lat, wall, calls, scored = asyncio.run(load(server.port, texts, c, n, args.max_seconds))
@@ -213,18 +223,21 @@ def measure(args, texts, server):
                        "p95_ms": 1e3 * pct(lat, .95), "p99_ms": 1e3 * pct(lat, .99),
                        "texts_per_call": scored / calls if calls else None, "answers": answers})
         rss[f"after {c} clients"] = server.rss_mb()
+        print(f"{c} clients: {levels[-1]['per_s']:.1f} comments/s, p50 {levels[-1]['p50_ms']:.0f} ms",
+              file=sys.stderr, flush=True)
+    ref, api_p50 = api_reference(args.model, runtime, texts, texts[:min(len(texts), 50)])
     rss_run = None
     if args.rss_requests:
-        answers, _, wall, _, scored = asyncio.run(load(server.port, texts, 32, args.rss_requests, 10 * 3600))
+        short = [t[:args.rss_chars] for t in texts] if args.rss_chars else texts
+        answers, _, wall, _, scored = asyncio.run(load(server.port, short, 32, args.rss_requests, 10 * 3600))
         rss_run = {"requests": len(answers), "ok": sum(a[0] == 200 for a in answers.values()), "scored": scored,
-                   "wall_s": wall, "answers": answers}
+                   "wall_s": wall, "chars": args.rss_chars or None, "answers": answers}
+        ref_short = None if not args.rss_chars else api_reference(args.model, runtime, short, [])[0]
         rss[f"after {len(answers):,} more requests"] = server.rss_mb()
-    runtime = server.runtime
-    with tempfile.TemporaryDirectory() as tmp:  # the server is idle now: the baseline runs alone
-        wall_all, wall_one = predict_file(args.model, runtime, texts, tmp)
-    ref, api_p50 = api_reference(args.model, runtime, texts, texts[:min(len(texts), 50)])
-    for lv in levels + ([rss_run] if rss_run else []):
+    for lv in levels:
         lv["max_abs_diff"] = max_diff(lv.pop("answers"), ref)
+    if rss_run:
+        rss_run["max_abs_diff"] = max_diff(rss_run.pop("answers"), ref_short or ref)
     return {"runtime": runtime, "rss_mb": rss, "levels": levels, "rss_run": rss_run,
             "predict_file": {"comments": len(texts), "wall_s": wall_all, "start_s": wall_one,
                              "per_s": len(texts) / wall_all,
@@ -256,7 +269,9 @@ def report(args, texts, d):
                target("requests lost, failed or scored twice", lost, 0, str(lost), at_most=True),
                target("max abs score diff vs the API (same runtime)", max(r["max_abs_diff"] or 0 for r in runs), None,
                       f"{max(r['max_abs_diff'] or 0 for r in runs):.1e} ({d['runtime']})"),
-               target(f"RSS after the {d['rss_run']['requests']:,}-request run / before it" if d["rss_run"] else
+               target(f"RSS after the {d['rss_run']['requests']:,}-request run / before it"
+                      + (f" (comments cut to {d['rss_run']['chars']} characters)" if d["rss_run"]["chars"] else "")
+                      if d["rss_run"] else
                       "RSS growth", rss_growth, 1.2, fmt(rss_growth, ".3f"), at_most=True)]
     m = machine()
     notes = [f"Machine: {describe(m)}; a shared machine (other work running), so the figures are noisy; "

@@ -235,3 +235,19 @@ def test_startup_errors_are_one_line(export_dir, tmp_path):  # noqa: F811
         s.stop()
     r = subprocess.run([sys.executable, SERVE, "--max_texts", "0"], capture_output=True, text=True)
     assert r.returncode == 2 and "--max_texts must be >= 1" in r.stderr
+
+
+def test_serve_load_quick(export_dir, tmp_path):  # noqa: F811
+    """bench/serve_load.py --quick on the tiny export: every level, the baseline and the targets, and no
+    request lost (structure only: no timing is asserted)."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "serve_load.py"), "--model", export_dir[0],
+                        "--runtime", "onnxruntime-fp32", "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    data = json.load(open(tmp_path / "serve_load.quick.json"))
+    assert [lv["clients"] for lv in data["levels"]] == [1, 8, 32, 128]
+    assert all(lv["ok"] == lv["requests"] == lv["scored"] for lv in data["levels"])
+    assert all(lv["max_abs_diff"] <= 1e-5 for lv in data["levels"])  # fp32: batch-independent
+    lost = next(t for t in data["targets"] if t["target"].startswith("requests lost"))
+    assert lost["measured"] == 0 and lost["verdict"] == "met" and data["predict_file"]["per_s"] > 0
+    assert "| 32 client(s) |" in r.stdout and "predict.py --file" in r.stdout
