@@ -17,7 +17,6 @@ the character offsets (Python string indices, i.e. code points) of the window wi
 score: a comment that fits one window spans its own text, a long one the ~500-token stretch that drove
 the label. Bad arguments raise PolicyError (an errors.UsageError) naming the argument.
 """
-import math
 
 import numpy as np
 
