@@ -403,6 +403,7 @@ def export(ckpt_path, out, quantize=None, check_rows=CHECK_ROWS, base_rates=None
                         validation_at_base_rates=fitted["validation"])
         write_meta(tmp, meta)
         add_runtime_checks(tmp, meta, cfg, thresholds, check_rows)
+        __import__("model_card").write_model_card(tmp, meta, cfg)  # MODEL_CARD.md from export.json
         publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

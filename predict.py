@@ -6,6 +6,7 @@
     cat comments.txt | python predict.py -                         # the same from stdin
     python predict.py --file test.csv --out submission.csv         # Kaggle submission: id + 6 labels
     python predict.py --model exports/mini --runtime onnxruntime-fp32 --file comments.jsonl
+    python predict.py --policy precision --thresholds threat=0.2 "I will find you"   # other decisions
 
 --file reads .csv (comment_text, id if present), .jsonl (`text` or `comment_text`, `id` if present)
 and anything else as one comment per line (a blank line is an empty comment: rows match lines); `-`
@@ -14,7 +15,9 @@ reads stdin the same way. Invalid UTF-8 is replaced with U+FFFD and counted in a
 for this CPU (runtimes.py: OpenVINO in bf16 where the CPU has native bf16, else onnxruntime int8 when
 the export has it, else fp32), said on stderr; a name forces one. Output: probabilities in
 Kaggle's label order and the labels at or above the export's per-label thresholds (tuned on
-validation). With --out and no --json, only the file is written.
+validation; --policy, --threshold and --thresholds choose others, see classifier.py), and in --json
+the span (character offsets) of the window behind each label. With --out and no --json, only the file
+is written. The CLI is a layer over classifier.Classifier, the Python API.
 
 Long comments are not truncated. The whole comment is tokenized and cut into windows of max_length
 tokens ([CLS] + max_length-2 tokens + [SEP]); consecutive windows share a quarter of their tokens
@@ -35,6 +38,7 @@ import time
 from types import SimpleNamespace
 
 from errors import UsageError, exit_on_error
+from runtimes import physical_cores  # noqa: F401  (bench/common.py takes it from here)
 
 FORMAT_VERSION = 1  # of export.json; export.py writes it, predict.py refuses any other
 META_KEYS = ("labels", "max_length", "thresholds", "models", "tokenizer", "prefix_ids", "suffix_ids", "pad_id")
@@ -98,22 +102,6 @@ def read_meta(model_dir):
     return meta
 
 
-def physical_cores():
-    """Distinct cores among the CPUs we may run on (hyperthreads share one core's matmul units),
-    capped by a container's CPU quota: more threads than that only wait for each other."""
-    try:
-        topo = "/sys/devices/system/cpu/cpu{}/topology/{}"
-        n = len({(open(topo.format(c, "physical_package_id")).read(), open(topo.format(c, "core_id")).read())
-                 for c in os.sched_getaffinity(0)})
-    except (OSError, AttributeError):  # not Linux
-        return os.cpu_count() or 1
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
-        return max(1, min(n, -(-int(quota) // int(period)))) if quota != "max" else n
-    except (OSError, ValueError):  # cgroup v1 or none
-        return n
-
-
 def load_model(model_dir, runtime="auto", small_job=False):
     """-> namespace(meta, runtime, why, path, labels, thresholds, tokenizer, session). runtime "auto" takes
     runtimes.choose's pick for this CPU (and for a small job: a few comments in all); any name in
@@ -136,7 +124,7 @@ def load_model(model_dir, runtime="auto", small_job=False):
         raise PredictError(f"{model_dir}/export.json: no {kind} model listed in models, which {runtime} runs")
     try:  # missing or corrupt files: one line, whatever the library's error type
         tokenizer = Tokenizer.from_file(os.path.join(model_dir, meta["tokenizer"]))
-        session, path = runtimes.open_session(runtime, model_dir, meta, physical_cores())
+        session, path = runtimes.open_session(runtime, model_dir, meta, runtimes.physical_cores())
     except Exception as e:
         raise PredictError(f"{model_dir}: cannot load {meta['tokenizer']} or {meta['models'][kind]} for {runtime} "
                            f"({first_line(e)})") from None
@@ -161,20 +149,30 @@ def split_text(text, size=PIECE_CHARS):
     return out + [text[i:]]
 
 
-def encode_texts(tokenizer, texts):
-    """Token ids of each text, no special tokens, nothing truncated -> list of int32 arrays."""
+def encode_texts(tokenizer, texts, offsets=False):
+    """Token ids of each text, no special tokens, nothing truncated -> list of int32 arrays; with offsets,
+    -> (ids, offsets): also each token's (begin, end) character offsets in its text, (n,2) int64 arrays."""
     import numpy as np
-    pieces = [(i, p) for i, t in enumerate(texts) for p in split_text(t)]
-    parts, g = [[] for _ in texts], 0
+    pieces, base = [], []  # base: where each piece starts in its text, so offsets count from the text's start
+    for i, t in enumerate(texts):
+        at = 0
+        for p in split_text(t):
+            pieces.append((i, p))
+            base.append(at)
+            at += len(p)
+    parts, spans, g = [[] for _ in texts], [[] for _ in texts], 0
     while g < len(pieces):
         n, chars = 1, len(pieces[g][1])
         while g + n < len(pieces) and chars + len(pieces[g + n][1]) <= ENCODE_CHARS:
             chars, n = chars + len(pieces[g + n][1]), n + 1
         encs = tokenizer.encode_batch([p for _, p in pieces[g:g + n]], add_special_tokens=False)
-        for (i, _), enc in zip(pieces[g:g + n], encs):
+        for k, ((i, _), enc) in enumerate(zip(pieces[g:g + n], encs)):
             parts[i].append(np.array(enc.ids, dtype=np.int32))
+            if offsets:
+                spans[i].append(np.array(enc.offsets, dtype=np.int64).reshape(-1, 2) + base[g + k])
         g += n
-    return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
+    ids = [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
+    return (ids, [s[0] if len(s) == 1 else np.concatenate(s) for s in spans]) if offsets else ids
 
 
 def window_starts(n, body):
@@ -207,24 +205,32 @@ def score(model, texts, batch_size=32, progress=True, max_tokens=None):
     windows. Windows are batched across comments, sorted by length, at most batch_size windows and
     max_tokens (default MAX_TOKENS) padded tokens a call: bounded memory. The order of texts is kept."""
     import numpy as np
+    (owner, _, _), probs = score_windows(model, encode_texts(model.tokenizer, texts), batch_size, progress, max_tokens)
+    out = np.zeros((len(texts), len(model.labels)), dtype=np.float32)
+    np.maximum.at(out, owner, probs)  # probabilities are >= 0: the max from zeros is the max
+    return out
+
+
+def score_windows(model, seqs, batch_size=32, progress=True, max_tokens=None):
+    """Every window of these token sequences scored -> ((owner, start, end), probs (windows, 6) float32),
+    batched as score() says. A sequence's windows are consecutive, in order."""
+    import numpy as np
 
     from data import sorted_batches
     m = model.meta
-    seqs = encode_texts(model.tokenizer, texts)
     windows = make_windows(seqs, m["max_length"] - len(m["prefix_ids"]) - len(m["suffix_ids"]))
     owner, start, end = windows
-    out = np.zeros((len(texts), len(model.labels)), dtype=np.float32)
+    out = np.zeros((len(owner), len(model.labels)), dtype=np.float32)
     show = progress_bar(len(owner)) if progress and len(owner) >= PROGRESS_MIN else None
     done = 0
     widths = end - start + len(m["prefix_ids"]) + len(m["suffix_ids"])
     for b in sorted_batches(widths, batch_size, max_tokens or MAX_TOKENS):
         ids, mask = window_batch(seqs, windows, b, m["prefix_ids"], m["suffix_ids"], m["pad_id"])
-        probs = model.session.run(["probs"], {"input_ids": ids, "attention_mask": mask})[0]  # (B,6)
-        np.maximum.at(out, owner[b], probs)  # probabilities are >= 0: the max from zeros is the max
+        out[b] = model.session.run(["probs"], {"input_ids": ids, "attention_mask": mask})[0]  # (B,6)
         done += len(b)
         if show:
             show(done)
-    return out
+    return windows, out
 
 
 def progress_bar(total):
@@ -243,40 +249,36 @@ def progress_bar(total):
 # ----------------------------------------------------------------------------
 # output
 
-def decided(model, row):
-    return [n for n, p, t in zip(model.labels, row, model.thresholds) if p >= t]
-
-
 def preview(text, room):
     """The comment on one terminal line: whitespace collapsed, control characters shown as '?'."""
     head = "".join(c if c.isprintable() else "?" for c in " ".join(text[:room * 4].split()))
     return head if len(head) <= room and len(text) <= room * 4 else head[:max(room - 3, 1)] + "..."
 
 
-def print_table(model, ids, texts, probs, widths=None):
+def print_table(labels, ids, texts, results, widths=None):
     """The rows of one block; the first (widths None) prints the header and sizes the id and labels
     columns, and later blocks take its widths back, so the table stays in line -> the widths."""
     import shutil
-    cols = [max(len(n), 5) for n in model.labels]
-    found = [", ".join(decided(model, row)) or "-" for row in probs]
+    cols = [max(len(n), 5) for n in labels]
+    found = [", ".join(r["labels"]) or "-" for r in results]
     header = widths is None
     iw, lw = widths or (max(1, *map(len, ids)), max(len("labels"), *map(len, found)))
     room = max(20, shutil.get_terminal_size().columns - iw - sum(cols) - 2 * len(cols) - lw - 6)
     if header:
-        print(f"{'#':>{iw}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(model.labels, cols)) + f"  {'labels':<{lw}}"
+        print(f"{'#':>{iw}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(labels, cols)) + f"  {'labels':<{lw}}"
               "  comment")
-    for name, row, labels, text in zip(ids, probs, found, texts):
-        print(f"{name:>{iw}}  " + "  ".join(f"{p:>{w}.3f}" for p, w in zip(row, cols))
-              + f"  {labels:<{lw}}  {preview(text, room)}")
+    for name, r, flagged, text in zip(ids, results, found, texts):
+        print(f"{name:>{iw}}  " + "  ".join(f"{r['scores'][n]:>{w}.3f}" for n, w in zip(labels, cols))
+              + f"  {flagged:<{lw}}  {preview(text, room)}")
     return iw, lw
 
 
-def print_json(model, ids, texts, probs, first_index=0, with_ids=True):
+def print_json(ids, texts, results, first_index=0, with_ids=True):
     ascii_only = (sys.stdout.encoding or "").lower().replace("-", "") != "utf8"  # else \u escapes
-    for i, (rid, text, row) in enumerate(zip(ids, texts, probs), first_index):
+    for i, (rid, text, r) in enumerate(zip(ids, texts, results), first_index):
         obj = {"index": i, "id": rid} if with_ids else {"index": i}
-        obj.update(text=text, scores={n: round(float(p), 6) for n, p in zip(model.labels, row)},
-                   labels=decided(model, row))
+        obj.update(text=text, scores={n: round(p, 6) for n, p in r["scores"].items()}, labels=r["labels"],
+                   spans={n: dict(s, score=round(s["score"], 6)) for n, s in r["spans"].items()})
         line = json.dumps(obj, ensure_ascii=ascii_only)
         for c in "\u2028\u2029\x85":  # valid raw in JSON, but str.splitlines() breaks lines there
             line = line.replace(c, f"\\u{ord(c):04x}")
@@ -306,7 +308,7 @@ def write_rows(f, labels, parts):
         w.writerows([rid, *(f"{p:.9g}" for p in row)] for rid, row in zip(ids, probs))
 
 
-def stream(model, has_ids, first, items, seen, args):
+def stream(clf, has_ids, first, items, seen, args, thresholds):
     """Score and print the first block, then read, score and print a block at a time, in input order ->
     (ids, probs) per block, for the submission file. Nothing is kept from one block to the next but the
     ids seen (seen), when a submission needs them unique."""
@@ -316,15 +318,28 @@ def stream(model, has_ids, first, items, seen, args):
         ids, texts = [rid for rid, _ in block], [t for _, t in block]
         if args.out and has_ids and done:  # the first block was checked before the model was loaded
             check_unique(ids, seen, done, args.file or "arguments")
-        probs = score(model, texts, args.batch_size, progress=len(first) < BLOCK)
+        results = clf.predict(texts, args.policy, thresholds, batch_size=args.batch_size, progress=len(first) < BLOCK)
         if args.json:
-            print_json(model, ids, texts, probs, done, with_ids=has_ids)
+            print_json(ids, texts, results, done, with_ids=has_ids)
         elif not args.out:
-            widths = print_table(model, ids, texts, probs, widths)
+            widths = print_table(clf.labels, ids, texts, results, widths)
         done += len(block)
         if len(first) == BLOCK:  # a long input: say how far it is
             print(f"scored {done:,} comments in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-        yield ids, probs
+        yield ids, [[r["scores"][n] for n in clf.labels] for r in results]
+
+
+def cli_thresholds(meta, args):
+    """--policy, --threshold and --thresholds checked against the export (errors name the flag) -> the
+    thresholds argument of Classifier.predict: None (the policy's), or {label: x} for every label."""
+    from classifier import CLI_NAMES, PolicyError, parse_named, resolve_thresholds
+    try:
+        every = None if args.threshold is None else float(args.threshold)
+    except ValueError:
+        raise PolicyError(f"--threshold: {args.threshold!r} is not a number in [0, 1]") from None
+    named = None if args.thresholds is None else parse_named(args.thresholds)
+    th = resolve_thresholds(meta, args.policy, every, named, CLI_NAMES)
+    return None if every is None and named is None else dict(zip(meta["labels"], th))
 
 
 # ----------------------------------------------------------------------------
@@ -338,6 +353,10 @@ def main(argv=None):
     p.add_argument("--model", help="export folder (default: the newest under exports/)")
     p.add_argument("--runtime", default="auto", help="auto (the fastest for this CPU), openvino, onnxruntime-int8 "
                                                      "or onnxruntime-fp32")
+    p.add_argument("--policy", help="a decision policy of export.json (f1, precision, recall; default: its "
+                                    "default_policy, or its thresholds in exports without policies)")
+    p.add_argument("--threshold", help="one threshold for every label, over the policy's")
+    p.add_argument("--thresholds", help="label=X,... for the labels named, over --threshold and the policy")
     p.add_argument("--batch_size", type=int, default=32, help="windows per model call at most (long windows: fewer, "
                                                                "MAX_TOKENS padded tokens a call)")
     args = p.parse_args(argv)
@@ -354,19 +373,20 @@ def main(argv=None):
         if args.batch_size < 1:
             raise PredictError(f"--batch_size must be >= 1, got {args.batch_size}")
         model_dir = args.model or newest_export()
-        read_meta(model_dir)  # a bad folder fails before a big input is read
+        thresholds = cli_thresholds(read_meta(model_dir), args)  # a bad folder or flag fails before the input is read
         from inputs import read_comments
         has_ids, items = read_comments(args.comments, args.file)
         first, seen = list(itertools.islice(items, BLOCK)), {}  # bad input fails before the model loads
         if args.out and has_ids:
             check_unique([rid for rid, _ in first], seen, 0, args.file or "arguments")
         small = len(first) < BLOCK and sum(len(t) for _, t in first) <= SMALL_JOB_CHARS  # the whole input
-        model = load_model(model_dir, args.runtime, small_job=small)
-        print(f"model: {model.path} on {model.runtime} ({model.why})", file=sys.stderr)
-        parts = stream(model, has_ids, first, items, seen, args)
+        from classifier import Classifier
+        clf = Classifier(model_dir, args.runtime, small_job=small)
+        print(f"model: {clf.path} on {clf.runtime} ({clf.why})", file=sys.stderr)
+        parts = stream(clf, has_ids, first, items, seen, args, thresholds)
         if args.out:  # written as it goes, published when whole: a failure leaves no half file
             from checkpoint import atomic_write
-            atomic_write(args.out, lambda f: write_rows(f, model.labels, parts), mode="w")
+            atomic_write(args.out, lambda f: write_rows(f, clf.labels, parts), mode="w")
             print(f"wrote {args.out}", file=sys.stderr)
         else:
             for _ in parts:

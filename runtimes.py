@@ -73,6 +73,22 @@ def check(runtime, meta, model_dir):
         raise RuntimeChoiceError("--runtime openvino: OpenVINO is not installed here; pip install openvino==2026.4.1")
 
 
+def physical_cores():
+    """Distinct cores among the CPUs we may run on (hyperthreads share one core's matmul units),
+    capped by a container's CPU quota: more threads than that only wait for each other."""
+    try:
+        topo = "/sys/devices/system/cpu/cpu{}/topology/{}"
+        n = len({(open(topo.format(c, "physical_package_id")).read(), open(topo.format(c, "core_id")).read())
+                 for c in os.sched_getaffinity(0)})
+    except (OSError, AttributeError):  # not Linux
+        return os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        return max(1, min(n, -(-int(quota) // int(period)))) if quota != "max" else n
+    except (OSError, ValueError):  # cgroup v1 or none
+        return n
+
+
 class OpenVINOSession:
     """OpenVINO behind onnxruntime's run(names, feeds) -> [arrays], so predict.py scores through one call."""
 

@@ -55,7 +55,7 @@ def ragged_batch(rng, batch, width, vocab=30000):
 def test_export_writes_one_self_contained_onnx_file(export_dir):
     import onnx
     out, printed = export_dir
-    assert sorted(os.listdir(out)) == ["export.json", "model.int8.onnx", "model.onnx", "tokenizer.json"]
+    assert sorted(os.listdir(out)) == ["MODEL_CARD.md", "export.json", "model.int8.onnx", "model.onnx", "tokenizer.json"]
     assert not [f for f in os.listdir(os.path.dirname(out)) if f.startswith(".")]  # no temporary folder left
     m = onnx.load(os.path.join(out, "model.onnx"), load_external_data=False)
     assert not [t.name for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]

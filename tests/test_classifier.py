@@ -1,0 +1,151 @@
+"""classifier.Classifier, the Python API: its dicts against predict.score, spans over long comments, and
+decision policies (issue 25's export.json keys, written here by hand until export.py writes them):
+defaults, overrides, and one-line errors naming the argument or flag."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from test_export import export_dir  # noqa: F401  (the shared session-scoped export)
+from test_predict import run_main
+
+import predict
+from classifier import Classifier, PolicyError, resolve_thresholds
+from data import LABELS
+from errors import UsageError
+
+POLICIES = {
+    "f1": {"thresholds": dict(zip(LABELS, [0.5, 0.4, 0.5, 0.3, 0.5, 0.4]))},
+    "precision": {"target": 0.9, "thresholds": dict(zip(LABELS, [0.8, None, 0.85, None, 0.8, 0.9]))},
+    "recall": {"target": 0.9, "thresholds": dict(zip(LABELS, [0.1, 0.05, 0.1, 0.02, 0.1, 0.05]))},
+}
+
+
+@pytest.fixture(scope="module")
+def clf(export_dir):  # noqa: F811
+    return Classifier(export_dir[0], runtime="onnxruntime-fp32")
+
+
+@pytest.fixture(scope="module")
+def policy_export(export_dir, tmp_path_factory):  # noqa: F811
+    """The tiny export with issue 25's keys added by hand (default_policy recall, so the default shows)."""
+    out = tmp_path_factory.mktemp("policies") / "tiny"
+    shutil.copytree(export_dir[0], out)
+    meta = json.load(open(out / "export.json"))
+    meta.update(thresholds=POLICIES["f1"]["thresholds"], default_policy="recall", policies=POLICIES,
+                base_rates={"source": "kaggle", "rates": dict.fromkeys(LABELS, 0.01)},
+                calibration={"method": "temperature"})
+    json.dump(meta, open(out / "export.json", "w"))
+    return str(out)
+
+
+# ----------------------------------------------------------------------------
+# results
+
+def test_predict_matches_score_and_thresholds(clf):
+    texts = ["you are an idiot", "", "🙂🙂 Привет 世界", "thanks " * 700, "\ud800 lone surrogate"]
+    got = clf.predict(texts)
+    ref = predict.score(clf.model, [t.replace("\ud800", "\ufffd") for t in texts], progress=False)
+    assert [list(r["scores"]) for r in got] == [list(LABELS)] * len(texts)
+    assert np.abs(np.array([[r["scores"][n] for n in LABELS] for r in got]) - ref).max() <= 1e-6
+    th = clf.meta["thresholds"]
+    for r in got:
+        assert r["labels"] == [n for n in LABELS if r["scores"][n] >= th[n]]
+        assert set(r["spans"]) == set(r["labels"])
+    loose = clf.predict(texts, thresholds=0.0)  # every label decided: every label has a span
+    assert all(r["labels"] == list(LABELS) for r in loose)
+    assert loose[1]["spans"]["toxic"] == {"begin": 0, "end": 0, "score": loose[1]["scores"]["toxic"]}
+    assert loose[0]["spans"]["insult"]["begin"] == 0 and loose[0]["spans"]["insult"]["end"] == 16
+
+
+def test_spans_point_at_the_window_that_scored(clf):
+    filler = "the weather is nice today and the river is calm. " * 60
+    text = filler + "you are an idiot " * 40 + filler
+    r = clf.predict([text], thresholds=0.0, windows=True)[0]
+    wins = r["windows"]
+    assert len(wins) > 3 and wins[0]["begin"] == 0 and wins[-1]["end"] == len(text.rstrip())
+    assert all(a["begin"] < b["begin"] < a["end"] for a, b in zip(wins, wins[1:]))  # overlapping, in order
+    for n in LABELS:
+        best = max(wins, key=lambda w: w["scores"][n])
+        assert r["spans"][n] == {"begin": best["begin"], "end": best["end"], "score": best["scores"][n]}
+        assert r["scores"][n] == best["scores"][n]
+    # the offsets are the text's own: a window starts and ends on a word
+    for w in wins:
+        assert text[w["begin"]] != " " and text[w["end"] - 1] != " "
+
+
+def test_huge_comment_offsets_cross_tokenizer_pieces(clf):
+    text = "x" * 10 + " " + "word " * 20000 + "idiot"  # 100k characters: several tokenizer pieces
+    assert len(predict.split_text(text)) > 1
+    ids, offsets = predict.encode_texts(clf.model.tokenizer, [text], offsets=True)
+    assert len(ids[0]) == len(offsets[0]) and offsets[0][-1].tolist() == [len(text) - 5, len(text)]
+    assert {text[b:e] for b, e in offsets[0] if b > 10} == {"word", "idiot"}  # after the x's word pieces
+    assert (np.diff(offsets[0][:, 0]) > 0).all()
+
+
+# ----------------------------------------------------------------------------
+# policies and thresholds
+
+def test_default_and_chosen_policies(policy_export):
+    meta = predict.read_meta(policy_export)
+    assert resolve_thresholds(meta) == [POLICIES["recall"]["thresholds"][n] for n in LABELS]  # default_policy
+    assert resolve_thresholds(meta, "f1") == [POLICIES["f1"]["thresholds"][n] for n in LABELS]
+    assert resolve_thresholds(meta, "f1", 0.3) == [0.3] * 6
+    got = resolve_thresholds(meta, "precision", named={"severe_toxic": 0.6, "threat": 0.7})
+    assert got == [0.8, 0.6, 0.85, 0.7, 0.8, 0.9]
+    assert resolve_thresholds(meta, "precision", every=0.5, named={"toxic": 0.1}) == [0.1] + [0.5] * 5
+    old = dict(meta)
+    for k in ("policies", "default_policy"):
+        old.pop(k)
+    assert resolve_thresholds(old) == [meta["thresholds"][n] for n in LABELS]  # an export from before policies
+
+
+@pytest.mark.parametrize("policy, thresholds, expect", [
+    ("strict", None, "policy 'strict': unknown policy; this export has f1, precision, recall"),
+    ("precision", None, "policy 'precision': no threshold reaches its target 0.9 on validation for "
+                        "severe_toxic, threat; set them with thresholds severe_toxic=X,threat=X"),
+    ("precision", {"threat": 0.5}, "for severe_toxic; set it with thresholds severe_toxic=X"),
+    (None, 1.5, "thresholds: 1.5 is not a number in [0, 1]"),
+    (None, "0.5", "thresholds: '0.5' is not a number"),
+    (None, True, "thresholds: True is not a number"),
+    (None, {"toxic": -0.1}, "thresholds toxic: -0.1 is not a number in [0, 1]"),
+    (None, {"tox": 0.5}, "thresholds: unknown label 'tox'; the labels are toxic, severe_toxic"),
+    (None, {"toxic": None}, "thresholds toxic: None is not a number"),
+])
+def test_api_errors_name_the_argument(policy_export, policy, thresholds, expect):
+    clf = Classifier(policy_export, runtime="onnxruntime-fp32")
+    with pytest.raises(PolicyError) as e:
+        clf.predict(["x"], policy=policy, thresholds=thresholds)
+    assert isinstance(e.value, UsageError) and expect in str(e.value) and "\n" not in str(e.value)
+
+
+def test_policy_on_an_export_without_policies(clf):
+    with pytest.raises(PolicyError, match="policy 'f1': this export has no decision policies; re-export it"):
+        clf.predict(["x"], policy="f1")
+
+
+def test_cli_policies(policy_export, export_dir, capsys):  # noqa: F811
+    base = ["--model", policy_export, "--runtime", "onnxruntime-fp32", "--json"]
+    code, out, _ = run_main(capsys, base + ["--policy", "precision", "--thresholds", "severe_toxic=0.6,threat=0.7",
+                                            "you are an idiot"])
+    assert code in (0, None)
+    r = json.loads(out)
+    th = [0.8, 0.6, 0.85, 0.7, 0.8, 0.9]
+    assert r["labels"] == [n for n, t in zip(LABELS, th) if r["scores"][n] >= t]
+    code, out, _ = run_main(capsys, base + ["--threshold", "0", "x"])
+    assert code in (0, None) and json.loads(out)["labels"] == list(LABELS)
+    for argv, expect in [
+        (["--policy", "strict"], "--policy 'strict': unknown policy; this export has f1, precision, recall"),
+        (["--policy", "precision"], "--policy 'precision': no threshold reaches its target 0.9 on validation for "
+                                    "severe_toxic, threat; set them with --thresholds severe_toxic=X,threat=X"),
+        (["--threshold", "abc"], "--threshold: 'abc' is not a number in [0, 1]"),
+        (["--threshold", "1.01"], "--threshold: 1.01 is not a number in [0, 1]"),
+        (["--thresholds", "toxic=2"], "--thresholds toxic: 2.0 is not a number in [0, 1]"),
+        (["--thresholds", "toxic"], "--thresholds: 'toxic' is not label=number"),
+        (["--thresholds", "nope=0.2"], "--thresholds: unknown label 'nope'"),
+        (["--model", export_dir[0], "--policy", "f1"], "--policy 'f1': this export has no decision policies; "
+                                                       "re-export it with this version's export.py"),
+    ]:
+        code, out, err = run_main(capsys, base + argv + ["x"])
+        assert code == 2 and out == "" and err.strip() == f"error: {err.strip()[7:]}" and expect in err, err
+        assert len(err.strip().splitlines()) == 1

@@ -1,0 +1,46 @@
+"""model_card.py: export.py writes MODEL_CARD.md from export.json; policies, base rates and calibration are
+shown where export.json has them (issue 25's keys, written by hand here) and said absent where it does not."""
+import json
+import os
+import subprocess
+import sys
+
+from test_classifier import POLICIES
+from test_export import export_dir  # noqa: F401  (the shared session-scoped export)
+
+import model_card
+from conftest import ROOT
+from data import LABELS
+
+
+def test_export_writes_the_card(export_dir):  # noqa: F811
+    text = open(os.path.join(export_dir[0], "MODEL_CARD.md")).read()
+    meta = json.load(open(os.path.join(export_dir[0], "export.json")))
+    assert text.startswith("# Model card") and "## Intended use" in text
+    for needle in ("not for automatic removal", "## Training data", "toxic against 9.58% in Kaggle's full",
+                   "English only", "Wikipedia talk pages", "no decision policies", "No base rates", "No calibration",
+                   "int8 against fp32 on export.py's parity batch: decisions agree", "onnxruntime-int8", "MIT"):
+        assert needle in text, needle
+    for n in LABELS:
+        assert f"| {n} | {meta['checkpoint']['validation_metrics'][f'auc_{n}']:.4f} |" in text
+
+
+def test_policies_base_rates_and_calibration_when_present(export_dir):  # noqa: F811
+    meta = json.load(open(os.path.join(export_dir[0], "export.json")))
+    meta.update(default_policy="f1", policies=POLICIES, base_rates={"source": "kaggle", "rates": {"toxic": 0.0958}},
+                calibration={"method": "temperature", "temperature": 1.3})
+    text = model_card.card(meta)
+    assert "no decision policies" not in text and "Decision policies (default: `f1`" in text
+    assert "| precision | 0.9 | severe_toxic |  |" in text  # a null threshold: target not reached
+    assert "| recall | 0.9 | threat | 0.020 |" in text
+    assert "Base rates (source: kaggle): toxic 9.6%" in text and "Calibration: `temperature`" in text
+    assert "temperature 1.3" in text and "training configuration is not recorded" in text
+
+
+def test_cli_rewrites_an_old_export(export_dir, tmp_path):  # noqa: F811
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "model_card.py"), export_dir[0], "--stdout"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("# Model card") and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "model_card.py"), str(tmp_path)], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "no export.json" in r.stderr
