@@ -77,18 +77,23 @@ def policy_section(meta):
 
 
 def calibration_section(meta):
-    base, cal = meta.get("base_rates"), meta.get("calibration")
+    base, cal, val = meta.get("base_rates"), meta.get("calibration"), meta.get("validation_at_base_rates")
     out = []
     if isinstance(base, dict):
-        out.append(f"Base rates (source: {base.get('source', 'n/a')}): "
-                   + ", ".join(f"{n} {pct(r)}" for n, r in base.get("rates", {}).items()) + ".")
+        where = "reweighted to" if base.get("reweighted", True) else "as they are, at"
+        out.append(f"Base rates: the validation rows {where} these label rates (Kaggle's full set unless the "
+                   "exporter set others): " + ", ".join(f"{n} {pct(r)}" for n, r in base.get("rates", {}).items()) + ".")
     else:
         out.append("No base rates recorded (an export from before they were).")
     if isinstance(cal, dict):
-        out.append(f"Calibration: `{cal.get('method', 'n/a')}`, applied inside the ONNX graph (the probabilities "
-                   f"served are calibrated). Details: "
-                   + ", ".join(f"{k} {v}" for k, v in cal.items() if k != "method" and not isinstance(v, (dict, list)))
-                   + ".")
+        per_label = [f"{k} " + ", ".join(f"{n} {v:.3f}" for n, v in cal[k].items())
+                     for k in ("a", "b") if isinstance(cal.get(k), dict)]
+        out.append(f"Calibration: `{cal.get('method', 'n/a')}` per label, sigmoid(a * logit + b), fitted at those "
+                   "rates and applied inside the ONNX graph: a score of 0.8 means about 80% at those rates. "
+                   + "; ".join(per_label) + ".")
+        if isinstance(val, dict) and isinstance(val.get("ece"), dict):
+            out.append("Expected calibration error on the validation rows at those rates (10 bins): "
+                       + ", ".join(f"{n} {e:.4f}" for n, e in val["ece"].items()) + ".")
     else:
         out.append("No calibration: the probabilities are the classifier's sigmoid outputs, fitted on the training "
                    "file's rates; read them as scores to rank by, not as frequencies.")

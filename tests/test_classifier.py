@@ -1,5 +1,5 @@
 """classifier.Classifier, the Python API: its dicts against predict.score, spans over long comments, and
-decision policies (issue 25's export.json keys, written here by hand until export.py writes them):
+decision policies (issue 25's export.json keys: export.py's own, and a hand-written set with known values):
 defaults, overrides, and one-line errors naming the argument or flag."""
 import json
 import shutil
@@ -119,13 +119,40 @@ def test_api_errors_name_the_argument(policy_export, policy, thresholds, expect)
     assert isinstance(e.value, UsageError) and expect in str(e.value) and "\n" not in str(e.value)
 
 
-def test_policy_on_an_export_without_policies(clf):
+def test_policy_on_an_export_without_policies(export_dir, tmp_path):  # noqa: F811
+    """An export from before the policies (its keys removed here) decides at its thresholds, and says why a
+    policy cannot be used."""
+    shutil.copytree(export_dir[0], tmp_path / "old")
+    meta = json.load(open(tmp_path / "old" / "export.json"))
+    for k in ("policies", "default_policy", "base_rates", "calibration", "validation_at_base_rates"):
+        meta.pop(k)
+    json.dump(meta, open(tmp_path / "old" / "export.json", "w"))
+    old = Classifier(str(tmp_path / "old"), runtime="onnxruntime-fp32")
+    assert old.predict(["x"])[0]["labels"] == [n for n in LABELS if old.predict(["x"])[0]["scores"][n]
+                                               >= meta["thresholds"][n]]
     with pytest.raises(PolicyError, match="policy 'f1': this export has no decision policies; re-export it"):
-        clf.predict(["x"], policy="f1")
+        old.predict(["x"], policy="f1")
 
 
-def test_cli_policies(policy_export, export_dir, capsys):  # noqa: F811
+def test_the_exports_own_policies_decide(clf, export_dir):  # noqa: F811
+    """export.py's policies (issue 25): the default is f1, and a policy with an unreached label says so."""
+    meta = json.load(open(f"{export_dir[0]}/export.json"))
+    (r,) = clf.predict(["you are an idiot"], policy="recall", thresholds={n: 0.5 for n in LABELS})
+    assert r["labels"] == [n for n in LABELS if r["scores"][n] >= 0.5]
+    (r,) = clf.predict(["you are an idiot"])
+    assert r["labels"] == [n for n in LABELS if r["scores"][n] >= meta["policies"]["f1"]["thresholds"][n]]
+    unreached = [n for n, t in meta["policies"]["precision"]["thresholds"].items() if t is None]
+    if unreached:  # the tiny random model reaches 90% precision nowhere
+        with pytest.raises(PolicyError, match=unreached[0]):
+            clf.predict(["x"], policy="precision")
+
+
+def test_cli_policies(policy_export, export_dir, capsys, tmp_path):  # noqa: F811
     base = ["--model", policy_export, "--runtime", "onnxruntime-fp32", "--json"]
+    shutil.copytree(export_dir[0], tmp_path / "old")  # an export from before the policies
+    meta = json.load(open(tmp_path / "old" / "export.json"))
+    json.dump({k: v for k, v in meta.items() if k not in ("policies", "default_policy")},
+              open(tmp_path / "old" / "export.json", "w"))
     code, out, _ = run_main(capsys, base + ["--policy", "precision", "--thresholds", "severe_toxic=0.6,threat=0.7",
                                             "you are an idiot"])
     assert code in (0, None)
@@ -143,7 +170,7 @@ def test_cli_policies(policy_export, export_dir, capsys):  # noqa: F811
         (["--thresholds", "toxic=2"], "--thresholds toxic: 2.0 is not a number in [0, 1]"),
         (["--thresholds", "toxic"], "--thresholds: 'toxic' is not label=number"),
         (["--thresholds", "nope=0.2"], "--thresholds: unknown label 'nope'"),
-        (["--model", export_dir[0], "--policy", "f1"], "--policy 'f1': this export has no decision policies; "
+        (["--model", str(tmp_path / "old"), "--policy", "f1"], "--policy 'f1': this export has no decision policies; "
                                                        "re-export it with this version's export.py"),
     ]:
         code, out, err = run_main(capsys, base + argv + ["x"])

@@ -18,23 +18,30 @@ def test_export_writes_the_card(export_dir):  # noqa: F811
     meta = json.load(open(os.path.join(export_dir[0], "export.json")))
     assert text.startswith("# Model card") and "## Intended use" in text
     for needle in ("not for automatic removal", "## Training data", "toxic against 9.58% in Kaggle's full",
-                   "English only", "Wikipedia talk pages", "no decision policies", "No base rates", "No calibration",
+                   "English only", "Wikipedia talk pages", "Decision policies (default: `f1`", "Base rates: the "
+                   "validation rows reweighted to", "Calibration: `platt` per label", "Expected calibration error",
                    "int8 against fp32 on export.py's parity batch: decisions agree", "onnxruntime-int8", "MIT"):
         assert needle in text, needle
     for n in LABELS:
         assert f"| {n} | {meta['checkpoint']['validation_metrics'][f'auc_{n}']:.4f} |" in text
+    # an export from before the decisions: each said absent
+    old = {k: v for k, v in meta.items() if k not in ("policies", "default_policy", "base_rates", "calibration",
+                                                      "validation_at_base_rates")}
+    text = model_card.card(old)
+    for needle in ("no decision policies", "No base rates", "No calibration"):
+        assert needle in text, needle
 
 
 def test_policies_base_rates_and_calibration_when_present(export_dir):  # noqa: F811
     meta = json.load(open(os.path.join(export_dir[0], "export.json")))
-    meta.update(default_policy="f1", policies=POLICIES, base_rates={"source": "kaggle", "rates": {"toxic": 0.0958}},
-                calibration={"method": "temperature", "temperature": 1.3})
+    meta.update(default_policy="f1", policies=POLICIES, base_rates={"reweighted": True, "rates": {"toxic": 0.0958}},
+                calibration={"method": "platt", "a": {"toxic": 1.25}, "b": {"toxic": -2.5}})
     text = model_card.card(meta)
     assert "no decision policies" not in text and "Decision policies (default: `f1`" in text
     assert "| precision | 0.9 | severe_toxic |  |" in text  # a null threshold: target not reached
     assert "| recall | 0.9 | threat | 0.020 |" in text
-    assert "Base rates (source: kaggle): toxic 9.6%" in text and "Calibration: `temperature`" in text
-    assert "temperature 1.3" in text and "training configuration is not recorded" in text
+    assert "reweighted to these label rates" in text and "toxic 9.6%" in text and "Calibration: `platt`" in text
+    assert "a toxic 1.250; b toxic -2.500" in text and "training configuration is not recorded" in text
 
 
 def test_cli_rewrites_an_old_export(export_dir, tmp_path):  # noqa: F811
