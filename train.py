@@ -65,23 +65,24 @@ def autocast_for(precision, device):
 
 
 def limit_heap_growth():
-    """glibc malloc tuned for training's allocations, set before they start (issue 28 has the figures).
+    """glibc malloc tuned for training's allocations, set before they start (docs/experiments.md, 2026-12-02).
 
     Each step frees and allocates again activations and gradients of 1-50 MB whose sizes change with the
-    batch's length. Untuned, glibc spreads them over one arena per thread and the heaps grow (peak RSS
-    3.9 GB in 60 MiniLM steps); the fix it replaces, a 128 KiB mmap threshold, handed every buffer back to
-    the kernel, which faulted it in again, zeroed, the next step: a quarter to a third of the CPU time
-    in sys. Now buffers up to 64 MiB stay in one arena (2 cores: no lock contention to avoid), where
-    the next step reuses them, and the top of the heap is handed back only past 1 GiB free; larger ones,
-    such as a 512-token evaluation's, are still mapped and unmapped. mallopt, not GLIBC_TUNABLES: the
-    environment is read before Python starts, and train.py's users run it as it is."""
+    batch's length. The 128 KiB mmap threshold this replaces handed every buffer over 128 KiB back to the
+    kernel, which faulted it in again, zeroed, the next step (29 million faults and 15-23% of the CPU
+    time in sys in 60 MiniLM steps). Now buffers up to 32 MiB (every activation at max_length 128) stay in
+    one arena (2 cores: no lock contention to avoid), where the next step reuses them, and the top of
+    the heap is handed back only past 1 GiB free. Larger ones, such as a 512-token validation's, are
+    still mapped and unmapped: at 64 MiB they stayed too, and validation lifted peak RSS from 1.65 to
+    2.2 GB. mallopt, not GLIBC_TUNABLES: those are read before Python starts, and users run train.py
+    as it is."""
     try:
         import ctypes
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc: nothing to tune
         return
     mallopt(-8, 1)  # M_ARENA_MAX
-    mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD (fixed, which also stops glibc moving the trim threshold)
+    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (fixed, which also stops glibc moving the trim threshold)
     mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
 
 

@@ -152,7 +152,10 @@ def measure(name, over, allocator, argv, log, threads, warmup, bf16_ok, backend)
         tail = open(log).read()[-3000:] if os.path.exists(log) else ""
         raise BenchError(f"{name} failed ({type(e).__name__}: {e}); its log ends:\n{tail}") from None
     finally:
-        os.environ.pop("LD_PRELOAD", None) if preload is None else os.environ.update(LD_PRELOAD=preload)
+        if preload is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = preload
     if r["precision"] != over["precision"]:  # train.py fell back: these would be fp32 figures
         return {"variant": name, "skipped": f"n/a (ran as {r['precision']})"}
     return r
