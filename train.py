@@ -74,7 +74,9 @@ def limit_heap_growth():
     one arena (2 cores: no lock contention to avoid), where the next step reuses them, and the top of
     the heap is handed back only past 1 GiB free. Larger ones, such as a 512-token validation's, are
     still mapped and unmapped: at 64 MiB they stayed too, and validation lifted peak RSS from 1.65 to
-    2.2 GB. Not yet enough: at 32 MiB peak RSS still creeps, to 2.17 GB in 60 steps (issue 28 open).
+    2.2 GB. Not yet enough: peak RSS still creeps (2.7 GB in 150 MiniLM steps against 1.9 GB before; issue
+    28 open). Widths bucketed to multiples of 32 (pad_multiple) held it to 1.9-2.4 GB, but their padding
+    ate the time sys gave back (docs/experiments.md, 2026-12-02).
     mallopt, not GLIBC_TUNABLES: those are read before Python starts, and users run train.py as it is."""
     try:
         import ctypes

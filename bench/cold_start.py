@@ -28,17 +28,19 @@ from common import (ROOT, BenchError, add_common_args, describe, fmt, machine, m
 
 COMMENT = "you are an idiot, stop editing this page"
 CHECK_ROWS = 256  # validation rows export.py checks each runtime on: the check is not what is measured here
-# The baseline: the same six probabilities, loaded the way training left them (argv: checkpoint, comment).
+# The baseline: the same six probabilities, loaded the way training left them (argv: checkpoint, comment, the
+# export's calibration map as JSON: the one number-crunching step of the export it needs to agree).
 TORCH_SCRIPT = """
 import json, sys, torch
 from transformers import AutoTokenizer
 from checkpoint import load_checkpoint, model_from_checkpoint, resolve_encoder
+from decisions import apply_calibration
 ckpt = load_checkpoint(sys.argv[1])
 model = model_from_checkpoint(ckpt)
 tok = AutoTokenizer.from_pretrained(resolve_encoder(ckpt["config"]["encoder"]))
 enc = tok([sys.argv[2]], truncation=True, max_length=ckpt["config"]["max_length"], return_tensors="pt")
 with torch.inference_mode():
-    probs = torch.sigmoid(model(enc["input_ids"], enc["attention_mask"]))[0]
+    probs = apply_calibration(model(enc["input_ids"], enc["attention_mask"]).numpy(), json.loads(sys.argv[3]))[0]
 print(json.dumps({"scores": dict(zip(["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"],
                                      probs.tolist()))}))
 """
@@ -97,7 +99,8 @@ def run(argv=None):
         forced = [r for r in ("openvino", "onnxruntime-int8", "onnxruntime-fp32") if r != "openvino" or installed(r)]
         commands = [(f"predict.py (default: {auto})", predict + [COMMENT], auto)]
         commands += [(f"predict.py --runtime {r}", predict + ["--runtime", r, COMMENT], r) for r in forced]
-        commands += [("torch + transformers, checkpoint", [sys.executable, "-c", TORCH_SCRIPT, ckpt, COMMENT], None)]
+        commands += [("torch + transformers, checkpoint", [sys.executable, "-c", TORCH_SCRIPT, ckpt, COMMENT,
+                                                           json.dumps(meta.get("calibration"))], None)]
         results = []
         for name, cmd, runtime in commands:
             print(f"{name}: {'' if args.quick else '1 + '}{args.runs} run(s) ...", file=sys.stderr, flush=True)

@@ -83,12 +83,14 @@ def time_variant(call, batches, owner, n_texts):
 # the variants: each a function (ids, mask) -> probs (B, 6) numpy
 
 
-def torch_eager(ckpt_path, bf16=False):
+def torch_eager(ckpt_path, export_dir, bf16=False):
     import torch
 
     from checkpoint import load_checkpoint, model_from_checkpoint
     from export import make_wrapper
-    wrapper = make_wrapper(model_from_checkpoint(load_checkpoint(ckpt_path)))  # sigmoid inside, as the ONNX graph
+    from predict import read_meta
+    # the calibration map and the sigmoid inside, as the ONNX graph has them
+    wrapper = make_wrapper(model_from_checkpoint(load_checkpoint(ckpt_path)), read_meta(export_dir).get("calibration"))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def call(ids, mask):
@@ -148,7 +150,7 @@ def measure_variant(kind, arg, export_dir, fused_path, ckpt_path, texts, n1):
             probs = predict.score(model, texts[:n], bs, progress=False)
             out["rows"][bs] = (time.perf_counter() - t0, probs)
     else:
-        call = {"torch": lambda: torch_eager(ckpt_path, arg), "runtime": lambda: runtime_call(arg, export_dir),
+        call = {"torch": lambda: torch_eager(ckpt_path, export_dir, arg), "runtime": lambda: runtime_call(arg, export_dir),
                 "fused": lambda: ort_file(fused_path)}[kind]()
         for bs, (batches, n) in plans.items():
             out["rows"][bs] = time_variant(call, batches, windows[0], n)

@@ -89,7 +89,9 @@ def test_predict_speed_quick(tmp_path, tiny_run):
     assert b32["PyTorch eager fp32"]["max_abs_diff_vs_eager"] == 0
     for name in ("onnxruntime fp32", "onnxruntime fp32 + transformer fusions"):  # the same model, exported
         assert b32[name]["max_abs_diff_vs_eager"] < 1e-4
-        assert b32[name]["mean_auc"] == pytest.approx(b32["PyTorch eager fp32"]["mean_auc"], abs=1e-4)
+        # the tiny random model's scores nearly tie, and its calibration slope (up to 16) stretches 1e-6 logit
+        # differences into rank flips among them: the max abs diff above is the parity check, AUC a sanity one
+        assert b32[name]["mean_auc"] == pytest.approx(b32["PyTorch eager fp32"]["mean_auc"], abs=0.03)
     assert data["fused_ops"].get("Attention")  # the eager-attention export is what lets attention fuse
 
 
