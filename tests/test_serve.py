@@ -161,7 +161,7 @@ def test_odd_and_huge_comments(server, api):
     ("/v1/classify", {"texts": ["ok", None]}, 400, "texts[1]", "texts[1]: expected a string, got NoneType"),
     ("/v1/classify", {"text": ["x"]}, 400, "text", "'text': unknown field; expected texts, policy, thresholds"),
     ("/v1/classify", [1, 2], 400, "body", "body: expected a JSON object"),
-    ("/v1/classify", {"texts": ["x"], "policy": "f1"}, 400, "policy", "this export has no decision policies"),
+    ("/v1/classify", {"texts": ["x"], "policy": "strict"}, 400, "policy", "unknown policy; this export has f1"),
     ("/v1/classify", {"texts": ["x"], "thresholds": 2}, 400, "thresholds", "thresholds: 2 is not a number in [0, 1]"),
     ("/v1/classify", {"texts": ["x"], "thresholds": {"tox": 0.1}}, 400, "thresholds", "unknown label 'tox'"),
     ("/v1alpha1/comments:analyze", {"comment": {"text": "x"}}, 400, "requestedAttributes", "at least one of"),
