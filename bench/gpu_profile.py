@@ -16,8 +16,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import BenchError, add_common_args, describe, machine, main_guard, markdown_table, write_results  # noqa: E402
-from gpu_step import VARIANTS, bert_base_encoder, run_variant, tiny_encoder  # noqa: E402
+from common import describe, machine, main_guard, markdown_table, write_results  # noqa: E402
+from gpu_step import VARIANTS, bert_base_encoder, gpu_args, run_variant, tiny_encoder  # noqa: E402
 
 SYNCING = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 
@@ -43,21 +43,8 @@ def profile_variant(variant, encoder, device, args):
 
 def run(argv=None):
     p = argparse.ArgumentParser(description="Syncs and kernels per training step, counted by torch.profiler.")
-    add_common_args(p)
-    p.add_argument("--max_length", type=int, default=256)
-    p.add_argument("--steps", type=int, default=50, help="profiled steps (default 50: one log step among them)")
-    p.add_argument("--warmup", type=int, default=30, help="steps run first, compilation included (default 30)")
-    args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        raise BenchError("--steps must be >= 1, and --warmup >= 0")
-    import torch
-    if args.quick:
-        args.max_length, args.steps, args.warmup = 64, 2, 1
-        device = torch.device("cpu")
-    elif not torch.cuda.is_available():
-        raise BenchError("no CUDA GPU here: gpu_profile.py profiles a GPU (use --quick to check it on CPU)")
-    else:
-        device = torch.device("cuda")
+    args, device = gpu_args(p, argv, (50, "profiled steps (default 50: one log step among them)"),
+                            "gpu_profile.py profiles a GPU")
     dev = machine(device)
     results = []
     with tempfile.TemporaryDirectory(prefix="gpu_profile-") as tmp:

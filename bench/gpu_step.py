@@ -173,11 +173,12 @@ def run_variant(variant, encoder, device, args, params, peaks, prof=None):
 # ----------------------------------------------------------------------------
 
 
-def run(argv=None):
-    p = argparse.ArgumentParser(description="GPU training throughput: train.py's step and loop, batch 32 and 128.")
+def gpu_args(p, argv, steps_help, script):
+    """The flags gpu_step.py and gpu_profile.py share, parsed and checked -> (args, device): the GPU, or the
+    CPU under --quick (a tiny run, for CI)."""
     add_common_args(p)
     p.add_argument("--max_length", type=int, default=256)
-    p.add_argument("--steps", type=int, default=100, help="measured optimizer steps per variant (default 100)")
+    p.add_argument("--steps", type=int, default=steps_help[0], help=steps_help[1])
     p.add_argument("--warmup", type=int, default=30, help="steps run first, compilation included (default 30)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:  # every figure is per measured step
@@ -185,11 +186,17 @@ def run(argv=None):
     import torch
     if args.quick:
         args.max_length, args.steps, args.warmup = 64, 2, 1
-        device = torch.device("cpu")
-    elif not torch.cuda.is_available():
-        raise BenchError("no CUDA GPU here: gpu_step.py measures a GPU (use --quick to check it on CPU)")
-    else:
-        device = torch.device("cuda")
+        return args, torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise BenchError(f"no CUDA GPU here: {script} (use --quick to check it on CPU)")
+    return args, torch.device("cuda")
+
+
+def run(argv=None):
+    p = argparse.ArgumentParser(description="GPU training throughput: train.py's step and loop, batch 32 and 128.")
+    args, device = gpu_args(p, argv, (100, "measured optimizer steps per variant (default 100)"),
+                            "gpu_step.py measures a GPU")
+    import torch
     dev = machine(device)
     peak = measure_peak(device, n=256 if args.quick else 8192, repeats=3 if args.quick else 5,
                         budget_s=2 if args.quick else 30)
