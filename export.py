@@ -33,7 +33,7 @@ checkpoint with no validation metrics, or a last.pt with training state, is expo
 Runtime checks: every runtime predict.py can pick here (onnxruntime fp32 and int8, OpenVINO where
 installed) scores the first --check_rows rows of the checkpoint's own validation split (its
 data_path, read relative to the current folder, as train.py read it) through predict.py; one that
-loses more than MAX_AUC_DROP mean AUC against fp32, or fails, is recorded so and never picked. About
+loses more than runtimes.MAX_AUC_DROP mean AUC against fp32, or fails, is recorded so and never picked. About
 20-45 s a runtime for MiniLM's 2,000 rows on 2 cores; bert-base takes several times that.
 """
 import argparse
@@ -52,7 +52,6 @@ from predict import FORMAT_VERSION, encode_texts, make_windows, window_batch
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = {False: "configs/base.json", True: "configs/average.json"}
 PARITY_TOL = 1e-4
-MAX_AUC_DROP = 0.002  # mean AUC a runtime may lose against fp32 on the validation rows and still be picked
 # Validation rows each runtime is checked on: 2,000 take MiniLM about 20-45 s a runtime on 2 cores; 0: all
 CHECK_ROWS = 2000
 OPSET = 17  # the first opset with LayerNormalization as one op
@@ -241,57 +240,6 @@ def quantize_int8(src, dst):
             os.remove(raw)
 
 
-def validation_rows(cfg, max_rows):
-    """The checkpoint's own validation rows (its data_path, val_fraction and split_seed) -> (texts, labels),
-    or None where that file is not on this machine. max_rows > 0 keeps the first max_rows of them."""
-    from data import read_csv, split_indices
-    if not os.path.isfile(cfg["data_path"]):
-        return None
-    ds = read_csv(cfg["data_path"])
-    _, val = split_indices(ds.labels, cfg["val_fraction"], cfg["split_seed"])
-    val = val[:max_rows] if max_rows else val
-    return [ds.texts[i] for i in val], ds.labels[val]
-
-
-def check_runtimes(folder, rows, thresholds):
-    """Every runtime predict.py can pick on this machine, scored through predict.py on the validation rows
-    against onnxruntime fp32 -> {runtime: mean AUC, its change, decision agreement, ok}. ok is False where
-    mean AUC falls more than MAX_AUC_DROP below fp32's, or the runtime fails here: predict.py then never
-    picks it. OpenVINO is checked at the precision this CPU gives it (bf16 or f32), and recorded so."""
-    import numpy as np
-
-    import predict
-    import runtimes
-    from metrics import evaluate
-    texts, labels = rows
-    meta, th, ref, out = predict.read_meta(folder), np.asarray(thresholds), None, {}
-    for runtime in runtimes.RUNTIMES[::-1]:  # onnxruntime-fp32 first: the reference
-        try:
-            runtimes.check(runtime, meta, folder)
-        except runtimes.RuntimeChoiceError:  # not exported, or not installed here
-            continue
-        try:
-            model = predict.load_model(folder, runtime)
-            probs = predict.score(model, texts, progress=False).astype(np.float64)
-            if not np.isfinite(probs).all():
-                raise ValueError("non-finite probabilities")
-        except Exception as e:  # a runtime that cannot run here is recorded, not fatal: fp32 still serves
-            out[runtime] = {"ok": False, "error": predict.first_line(e), "rows": len(texts)}
-            print(f"{runtime}: failed on the validation rows ({predict.first_line(e)}); predict.py will not pick it")
-            continue
-        ref = probs if ref is None else ref
-        auc, ref_auc = evaluate(probs, labels)["aucroc_macro"], evaluate(ref, labels)["aucroc_macro"]
-        drop = ref_auc - auc
-        out[runtime] = {"mean_auc": None if auc != auc else auc, "auc_drop_vs_fp32": None if drop != drop else drop,
-                        "decision_agreement": float(((probs >= th) == (ref >= th)).mean()), "rows": len(texts),
-                        "ok": runtime == "onnxruntime-fp32" or bool(drop <= MAX_AUC_DROP),  # nan: not shown ok
-                        "precision": getattr(model.session, "precision", None)}
-        print(f"{runtime}: mean AUC {auc:.4f} on {len(texts):,} validation rows ({auc - ref_auc:+.4f} vs fp32), "
-              f"decisions agree with fp32 {out[runtime]['decision_agreement']:.1%}"
-              + ("" if out[runtime]["ok"] else f": more than {MAX_AUC_DROP} lost, predict.py will not pick it"))
-    return out
-
-
 def add_int8(fp32, int8, ids, mask, fp32_probs, thresholds, ckpt_path):
     """Quantize fp32 into int8 and compare the two on the parity batch -> its parity figures."""
     import numpy as np
@@ -315,6 +263,7 @@ def add_runtime_checks(folder, meta, cfg, thresholds, check_rows):
     from runtimes import installed
     if len(meta["models"]) == 1 and not installed("openvino"):
         return
+    from runtimes import check_runtimes, validation_rows
     rows = validation_rows(cfg, check_rows)
     if rows is None:
         print(f"warning: {cfg['data_path']} (the checkpoint's data) is not here, relative to this folder: "

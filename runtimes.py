@@ -9,12 +9,15 @@
     onnxruntime-fp32  onnxruntime on model.onnx
 The rule follows bench/README.md's prediction tables: where the CPU multiplies bf16 natively, OpenVINO in bf16
 is the fastest; elsewhere onnxruntime int8 is (AVX2: 1.55x PyTorch fp32), then onnxruntime fp32. No torch here.
+check_runtimes (export.py runs it) scores every runtime on the checkpoint's validation rows; one that loses more
+than MAX_AUC_DROP mean AUC against fp32 is recorded so in export.json, and choose() never picks it.
 """
 import importlib.util
 import os
 
 RUNTIMES = ("openvino", "onnxruntime-int8", "onnxruntime-fp32")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of native bf16 matrix multiplication
+MAX_AUC_DROP = 0.002  # mean AUC a runtime may lose against fp32 on the validation rows and still be picked
 
 
 class RuntimeChoiceError(Exception):
@@ -116,3 +119,56 @@ def open_session(runtime, model_dir, meta, threads):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1  # one branch at a time: BERT's graph is a chain
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]), path
+
+
+# ----------------------------------------------------------------------------
+# the checks export.py runs on every runtime, which runtime_checks in export.json records and choose() reads
+
+def validation_rows(cfg, max_rows):
+    """The checkpoint's own validation rows (its data_path, val_fraction and split_seed) -> (texts, labels),
+    or None where that file is not on this machine. max_rows > 0 keeps the first max_rows of them."""
+    from data import read_csv, split_indices
+    if not os.path.isfile(cfg["data_path"]):
+        return None
+    ds = read_csv(cfg["data_path"])
+    _, val = split_indices(ds.labels, cfg["val_fraction"], cfg["split_seed"])
+    val = val[:max_rows] if max_rows else val
+    return [ds.texts[i] for i in val], ds.labels[val]
+
+
+def check_runtimes(folder, rows, thresholds):
+    """Every runtime predict.py can pick on this machine, scored through predict.py on the validation rows
+    against onnxruntime fp32 -> {runtime: mean AUC, its change, decision agreement, ok}. ok is False where
+    mean AUC falls more than MAX_AUC_DROP below fp32's, or the runtime fails here: predict.py then never
+    picks it. OpenVINO is checked at the precision this CPU gives it (bf16 or f32), and recorded so."""
+    import numpy as np
+
+    import predict
+    from metrics import evaluate
+    texts, labels = rows
+    meta, th, ref, out = predict.read_meta(folder), np.asarray(thresholds), None, {}
+    for runtime in RUNTIMES[::-1]:  # onnxruntime-fp32 first: the reference
+        try:
+            check(runtime, meta, folder)
+        except RuntimeChoiceError:  # not exported, or not installed here
+            continue
+        try:
+            model = predict.load_model(folder, runtime)
+            probs = predict.score(model, texts, progress=False).astype(np.float64)
+            if not np.isfinite(probs).all():
+                raise ValueError("non-finite probabilities")
+        except Exception as e:  # a runtime that cannot run here is recorded, not fatal: fp32 still serves
+            out[runtime] = {"ok": False, "error": predict.first_line(e), "rows": len(texts)}
+            print(f"{runtime}: failed on the validation rows ({predict.first_line(e)}); predict.py will not pick it")
+            continue
+        ref = probs if ref is None else ref
+        auc, ref_auc = evaluate(probs, labels)["aucroc_macro"], evaluate(ref, labels)["aucroc_macro"]
+        drop = ref_auc - auc
+        out[runtime] = {"mean_auc": None if auc != auc else auc, "auc_drop_vs_fp32": None if drop != drop else drop,
+                        "decision_agreement": float(((probs >= th) == (ref >= th)).mean()), "rows": len(texts),
+                        "ok": runtime == "onnxruntime-fp32" or bool(drop <= MAX_AUC_DROP),  # nan: not shown ok
+                        "precision": getattr(model.session, "precision", None)}
+        print(f"{runtime}: mean AUC {auc:.4f} on {len(texts):,} validation rows ({auc - ref_auc:+.4f} vs fp32), "
+              f"decisions agree with fp32 {out[runtime]['decision_agreement']:.1%}"
+              + ("" if out[runtime]["ok"] else f": more than {MAX_AUC_DROP} lost, predict.py will not pick it"))
+    return out
