@@ -5,7 +5,11 @@ nn.Module: token ids and mask in, logits out; no tokenizer and no I/O (checkpoin
     model = build_model("sentence-transformers/all-MiniLM-L6-v2", pooling="mean")   # a ToxicClassifier
     logits = model(input_ids, attention_mask)                                       # (B,T) -> (B,6)
 """
+from contextlib import nullcontext
+
+import torch
 import torch.nn as nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from config import POOLINGS
 
@@ -29,7 +33,13 @@ class ToxicClassifier(nn.Module):
             # SDPA takes this as it is. Given the 2D mask, transformers first asks mask.all() in Python (a batch
             # without padding needs none), and that is a host-device sync in every eager forward on a GPU.
             keep = attention_mask.bool()[:, None, None, :]  # (B,T) -> (B,1,1,T)
-        h = self.encoder(input_ids=input_ids, attention_mask=keep).last_hidden_state  # (B,T,H)
+        # Training under bf16 autocast on a CPU, attention takes SDPA's math path (matmul, softmax, matmul): torch's
+        # fused CPU kernel spends 25x its forward time in its bf16 backward, 60% of a MiniLM step (the math path
+        # trains 1.7-1.9x faster; docs/experiments.md, 2026-12-03). Forward-only passes keep the fused kernel.
+        cpu_bf16_training = (input_ids.device.type == "cpu" and torch.is_grad_enabled()
+                             and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        with sdpa_kernel(SDPBackend.MATH) if cpu_bf16_training else nullcontext():
+            h = self.encoder(input_ids=input_ids, attention_mask=keep).last_hidden_state  # (B,T,H)
         if self.pooling == "cls":
             pooled = h[:, 0]  # (B,T,H) -> (B,H)
         else:

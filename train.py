@@ -65,19 +65,23 @@ def autocast_for(precision, device):
 
 
 def limit_heap_growth():
-    """glibc malloc tuned for training's allocations, set before they start (docs/experiments.md, 2026-12-02).
+    """glibc malloc and oneDNN's kernel caches tuned for training's allocations, set before the first step
+    (docs/experiments.md, 2026-12-02 and 2026-12-03).
 
     Each step frees and allocates again activations and gradients of 1-50 MB whose sizes change with the
     batch's length. The 128 KiB mmap threshold this replaces handed every buffer over 128 KiB back to the
-    kernel, which faulted it in again, zeroed, the next step (29 million faults and 15-23% of the CPU
+    kernel, which faulted it in again, zeroed, the next step (29 million faults and 15-27% of the CPU
     time in sys in 60 MiniLM steps). Now buffers up to 32 MiB (every activation at max_length 128) stay in
     one arena (2 cores: no lock contention to avoid), where the next step reuses them, and the top of
-    the heap is handed back only past 1 GiB free. Larger ones, such as a 512-token validation's, are
-    still mapped and unmapped: at 64 MiB they stayed too, and validation lifted peak RSS from 1.65 to
-    2.2 GB. Not yet enough: peak RSS still creeps (2.7 GB in 150 MiniLM steps against 1.9 GB before; issue
-    28 open). Widths bucketed to multiples of 32 (pad_multiple) held it to 1.9-2.4 GB, but their padding
-    ate the time sys gave back (docs/experiments.md, 2026-12-02).
-    mallopt, not GLIBC_TUNABLES: those are read before Python starts, and users run train.py as it is."""
+    the heap is handed back only past 1 GiB free. Larger ones are still mapped and unmapped.
+    oneDNN, which runs the bf16 matmuls, keeps compiled kernels for every matmul shape it has seen (two caches,
+    1,024 entries each by default): with a new batch length every step they held ~10 MB more per length, and
+    peak RSS crept by 4 MB a step (2.5 GB after 150 MiniLM steps). 16 entries each keep it flat (1.7 GB) at no
+    measured cost in speed. Both are read at the first matmul, so setting them here is in time; a user's own
+    setting wins. mallopt, not GLIBC_TUNABLES: those are read before Python starts, and users run train.py as
+    it is."""
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):  # oneDNN's, and ideep's above it
+        os.environ.setdefault(name, "16")
     try:
         import ctypes
         mallopt = ctypes.CDLL("libc.so.6").mallopt

@@ -19,11 +19,12 @@ from metrics import evaluate, tune_thresholds
 
 
 @torch.no_grad()
-def predict_logits(model, seqs, rows, batch_size, device, autocast):
-    """Logits (len(rows), 6) in float32, batches sorted by length (least padding), order kept."""
+def predict_logits(model, seqs, rows, batch_size, device, autocast, max_tokens=None):
+    """Logits (len(rows), 6) in float32, batches sorted by length (least padding), order kept; with max_tokens,
+    a batch of long rows holds fewer of them."""
     model.eval()
     out = np.zeros((len(rows), len(LABELS)), dtype=np.float32)
-    for b in sorted_batches(np.array([len(seqs[i]) for i in rows]), batch_size):
+    for b in sorted_batches(np.array([len(seqs[i]) for i in rows]), batch_size, max_tokens):
         ids, mask = pad_batch([seqs[rows[i]] for i in b])
         with autocast:
             logits = model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
@@ -36,7 +37,11 @@ def run_eval(model, seqs, val_idx, labels, cfg, device, autocast, rank, world):
     """Each rank scores its share of the validation rows; rank 0 gathers them, computes the
     metrics once on the complete set, and every rank gets the same answer back."""
     mine = np.arange(rank, len(val_idx), world)
-    logits = predict_logits(model, seqs, val_idx[mine], cfg.eval_batch_size, device, autocast)
+    # No batch wider in tokens than eval_batch_size rows at the training length: 512-token batches of 64 took
+    # buffers of 50-200 MB, mapped afresh above the heap training had left, and made the run's peak RSS
+    # (issue 28); bounded so, validation's buffers fit in what a training step frees.
+    logits = predict_logits(model, seqs, val_idx[mine], cfg.eval_batch_size, device, autocast,
+                            max_tokens=cfg.eval_batch_size * cfg.max_length)
     parts = [(mine, logits)]
     if world > 1:
         parts = [None] * world if rank == 0 else None
