@@ -14,6 +14,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from config import POOLINGS
 
 
+def math_attention(input_ids):
+    """True where attention should take SDPA's math path (matmul, softmax, matmul): training under bf16 autocast
+    on a CPU. There torch's fused CPU kernel spends 25x its forward time in its bf16 backward, 60% of a MiniLM
+    step, and the math path trains 1.7-1.9x faster (docs/experiments.md, 2026-12-02). Forward-only passes
+    (validation, prediction) and fp32 keep the fused kernel, the faster one there."""
+    return (input_ids.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
 class ToxicClassifier(nn.Module):
     """input_ids, attention_mask (B,T) -> logits (B, num_labels)."""
 
@@ -33,12 +42,7 @@ class ToxicClassifier(nn.Module):
             # SDPA takes this as it is. Given the 2D mask, transformers first asks mask.all() in Python (a batch
             # without padding needs none), and that is a host-device sync in every eager forward on a GPU.
             keep = attention_mask.bool()[:, None, None, :]  # (B,T) -> (B,1,1,T)
-        # Training under bf16 autocast on a CPU, attention takes SDPA's math path (matmul, softmax, matmul): torch's
-        # fused CPU kernel spends 25x its forward time in its bf16 backward, 60% of a MiniLM step (the math path
-        # trains 1.7-1.9x faster; docs/experiments.md, 2026-12-03). Forward-only passes keep the fused kernel.
-        cpu_bf16_training = (input_ids.device.type == "cpu" and torch.is_grad_enabled()
-                             and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-        with sdpa_kernel(SDPBackend.MATH) if cpu_bf16_training else nullcontext():
+        with sdpa_kernel(SDPBackend.MATH) if math_attention(input_ids) else nullcontext():
             h = self.encoder(input_ids=input_ids, attention_mask=keep).last_hidden_state  # (B,T,H)
         if self.pooling == "cls":
             pooled = h[:, 0]  # (B,T,H) -> (B,H)

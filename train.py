@@ -64,9 +64,19 @@ def autocast_for(precision, device):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+def cap_kernel_caches(entries=16):
+    """oneDNN, which runs the bf16 matmuls on a CPU, keeps compiled kernels for every matmul shape it has seen, in
+    two caches of 1,024 entries each by default. With a new batch length every step they held ~10 MB more per
+    length, and peak RSS crept by 4 MB a step (2.5 GB after 150 MiniLM steps); 16 entries each keep it flat
+    (1.7 GB) for 8% of the step speed (bench/train_speed.py's (c4); docs/experiments.md, 2026-12-02).
+    Both are read at the first matmul, so this is in time before it; a user's own setting wins."""
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):  # oneDNN's, and ideep's above it
+        os.environ.setdefault(name, str(entries))
+
+
 def limit_heap_growth():
-    """glibc malloc and oneDNN's kernel caches tuned for training's allocations, set before the first step
-    (docs/experiments.md, 2026-12-02 and 2026-12-03).
+    """glibc malloc tuned for training's allocations, and oneDNN's caches capped, before the first step
+    (docs/experiments.md, 2026-12-02).
 
     Each step frees and allocates again activations and gradients of 1-50 MB whose sizes change with the
     batch's length. The 128 KiB mmap threshold this replaces handed every buffer over 128 KiB back to the
@@ -74,14 +84,8 @@ def limit_heap_growth():
     time in sys in 60 MiniLM steps). Now buffers up to 32 MiB (every activation at max_length 128) stay in
     one arena (2 cores: no lock contention to avoid), where the next step reuses them, and the top of
     the heap is handed back only past 1 GiB free. Larger ones are still mapped and unmapped.
-    oneDNN, which runs the bf16 matmuls, keeps compiled kernels for every matmul shape it has seen (two caches,
-    1,024 entries each by default): with a new batch length every step they held ~10 MB more per length, and
-    peak RSS crept by 4 MB a step (2.5 GB after 150 MiniLM steps). 16 entries each keep it flat (1.7 GB) at no
-    measured cost in speed. Both are read at the first matmul, so setting them here is in time; a user's own
-    setting wins. mallopt, not GLIBC_TUNABLES: those are read before Python starts, and users run train.py as
-    it is."""
-    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):  # oneDNN's, and ideep's above it
-        os.environ.setdefault(name, "16")
+    mallopt, not GLIBC_TUNABLES: those are read before Python starts, and users run train.py as it is."""
+    cap_kernel_caches()
     try:
         import ctypes
         mallopt = ctypes.CDLL("libc.so.6").mallopt

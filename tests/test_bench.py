@@ -58,20 +58,20 @@ def check_common(stdout, data, name, n_variants):
 
 def test_train_speed_quick(tmp_path):
     stdout, data = run_bench("train_speed", tmp_path)
-    check_common(stdout, data, "train_speed", 7)
-    a, b, c, c1, c2, c3, d = data["variants"]
+    check_common(stdout, data, "train_speed", 8)
+    a, b, c, c1, c2, c3, c4, d = data["variants"]
     for v in (a, b):
         assert v["samples_per_s"] > 0 and v["peak_rss_mb"] > 0 and v["steps"] == data["measured_steps"]
         assert 0 <= v["mfu_fp32_peak"] and 0 < v["val_auc"] <= 1
     assert a["padding_fraction"] > b["padding_fraction"]  # padded to max_length against grouped
-    for v in (c, c1, c2, d):  # bf16 rows: skipped together where the CPU has no bf16
+    for v in (c, c1, c2, c4, d):  # bf16 rows: skipped together where the CPU has no bf16
         assert ("skipped" in v) == (not data["machine"]["torch_bf16_cpu"])
-    for v in (a, b, c, c1, c2, c3, d):
+    for v in (a, b, c, c1, c2, c3, c4, d):
         if "skipped" not in v:
             assert v["user_s"] > 0 and v["sys_s"] >= 0 and v["minor_faults"] >= 0 and 0 <= v["sys_fraction"] <= 1
     assert "skipped" in d or d["compile"] and not c["compile"]
     kernel = tables(stdout)[1]
-    assert kernel[0][:3] == ["variant", "samples/s", "user s"] and len(kernel[1]) == 5
+    assert kernel[0][:3] == ["variant", "samples/s", "user s"] and len(kernel[1]) == 6
 
 
 def test_predict_speed_quick(tmp_path, tiny_run):

@@ -104,7 +104,7 @@ class Recorder:
     """A stand-in model for validation.predict_logits: logits are a fingerprint of each unpadded row."""
 
     def __init__(self):
-        self.rows = []
+        self.rows, self.shapes = [], []
 
     def eval(self):
         pass
@@ -115,6 +115,7 @@ class Recorder:
     def __call__(self, ids, mask):
         import torch
         self.rows += [tuple(r[m.bool()].tolist()) for r, m in zip(ids, mask)]
+        self.shapes.append(tuple(ids.shape))
         n = mask.sum(1, keepdim=True).double()
         s = (ids * mask).sum(1, keepdim=True).double()
         return torch.cat([n, s, s % 7, n * 3 + 1, -s, s / (n + 1)], 1)  # (B,6)
@@ -129,15 +130,17 @@ SEQS = st.lists(st.lists(st.integers(1, 30000), min_size=1, max_size=40), min_si
 
 
 @FAST
-@given(seqs=SEQS, data=st.data(), batch_size=st.integers(1, 17))
-def test_validation_scores_every_row_once_in_order(seqs, data, batch_size):
+@given(seqs=SEQS, data=st.data(), batch_size=st.integers(1, 17), max_tokens=st.none() | st.integers(1, 300))
+def test_validation_scores_every_row_once_in_order(seqs, data, batch_size, max_tokens):
     import torch
 
     from validation import predict_logits
     rows = np.array(data.draw(st.lists(st.integers(0, len(seqs) - 1), max_size=80, unique=True)), dtype=np.int64)
     seqs = [np.array(s, dtype=np.int32) for s in seqs]
     model = Recorder()
-    out = predict_logits(model, seqs, rows, batch_size, torch.device("cpu"), nullcontext())
+    out = predict_logits(model, seqs, rows, batch_size, torch.device("cpu"), nullcontext(), max_tokens)
+    for n, width in model.shapes:  # within the batch size, and within max_tokens unless a single row is wider
+        assert n <= batch_size and (max_tokens is None or n * width <= max_tokens or n == 1)
     assert sorted(model.rows) == sorted(tuple(seqs[i].tolist()) for i in rows)  # each row scored once
     expected = np.array([_fingerprint(seqs[i]) for i in rows], dtype=np.float32).reshape(len(rows), 6)
     assert np.array_equal(out, expected)  # and put back in the order asked

@@ -147,8 +147,13 @@ def test_accumulation_equals_one_big_batch(tiny_encoder, tmp_path):
 def test_validation_reads_eval_max_length_tokens_training_max_length(tiny_encoder, tmp_path, monkeypatch):
     import data
     import train
-    seen = {}
+    import validation
+    seen = {"val_batches": []}
     real_eval, real_pad = train.run_eval, data.pad_batch
+
+    def spy_val_pad(seqs, *a, **k):
+        seen["val_batches"].append((len(seqs), max(len(s) for s in seqs)))
+        return real_pad(seqs, *a, **k)
 
     def spy_eval(model, seqs, val_idx, *a, **k):
         seen["val"] = max(len(seqs[i]) for i in val_idx)
@@ -159,10 +164,22 @@ def test_validation_reads_eval_max_length_tokens_training_max_length(tiny_encode
         return real_pad(seqs, *a, **k)
     monkeypatch.setattr(train, "run_eval", spy_eval)
     monkeypatch.setattr(data, "pad_batch", spy_pad)  # what data.micro_batches pads training batches with
+    monkeypatch.setattr(validation, "pad_batch", spy_val_pad)
     cfg, _ = load_config(tiny_args(tiny_encoder, tmp_path / "r", max_length=16, eval_max_length=64,
-                                   truncation="head_tail", max_steps=2, eval_every=2))
+                                   truncation="head_tail", max_steps=2, eval_every=2, eval_batch_size=8))
     train.train(cfg)
     assert seen["train"] == 16 and 16 < seen["val"] <= 64  # the sample data has comments past 16 tokens
+    # no validation batch wider in tokens than eval_batch_size rows at the training length (8 x 16)
+    assert seen["val_batches"] and all(n * width <= 8 * 16 or n == 1 for n, width in seen["val_batches"])
+    assert max(n for n, _ in seen["val_batches"]) == 8 and min(n for n, _ in seen["val_batches"]) < 8
+
+
+def test_kernel_caches_are_capped_unless_the_user_set_them(monkeypatch):
+    import train
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "512")
+    train.cap_kernel_caches()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "16" and os.environ["LRU_CACHE_CAPACITY"] == "512"
 
 
 def test_lengths_beyond_the_encoders_positions_fail_before_tokenizing(tiny_encoder, tmp_path):
