@@ -66,7 +66,7 @@ class Config:
     compile: bool = key(False, "torch.compile the model")
     # evaluation, logging, output
     eval_every: int = key(500, "validate and write best.pt / last.pt every this many steps, and at the end")
-    eval_batch_size: int = key(64, "samples per validation batch")
+    eval_batch_size: int = key(64, "samples per validation batch (at most; on a CPU also at most this x max_length tokens)")
     log_every: int = key(20, "print and track the training loss every this many steps")
     out_dir: str = key("runs/mini", "folder of best.pt, last.pt, val_predictions.npz and run.json")
     aim: bool = key(True, "track the run in Aim")

@@ -18,7 +18,9 @@ def math_attention(input_ids):
     """True where attention should take SDPA's math path (matmul, softmax, matmul): training under bf16 autocast
     on a CPU. There torch's fused CPU kernel spends 25x its forward time in its bf16 backward, 60% of a MiniLM
     step, and the math path trains 1.7-1.9x faster (docs/experiments.md, 2026-12-02). Forward-only passes
-    (validation, prediction) and fp32 keep the fused kernel, the faster one there."""
+    (validation, prediction) and fp32 keep the fused kernel, the faster one there. It matters at dropout 0 (the
+    mini configs): with attention dropout SDPA takes the math path on a CPU anyway. Measured up to 128 tokens;
+    the math path keeps B x heads x T x T scores for the backward, which grows with T squared."""
     return (input_ids.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 

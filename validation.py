@@ -39,9 +39,9 @@ def run_eval(model, seqs, val_idx, labels, cfg, device, autocast, rank, world):
     mine = np.arange(rank, len(val_idx), world)
     # No batch wider in tokens than eval_batch_size rows at the training length: 512-token batches of 64 took
     # buffers of 50-200 MB, mapped afresh above the heap training had left, and made the run's peak RSS
-    # (issue 28); bounded so, validation's buffers fit in what a training step frees.
+    # (issue 28); bounded so, validation's buffers fit in what a training step frees. A CPU's malloc only.
     logits = predict_logits(model, seqs, val_idx[mine], cfg.eval_batch_size, device, autocast,
-                            max_tokens=cfg.eval_batch_size * cfg.max_length)
+                            max_tokens=cfg.eval_batch_size * cfg.max_length if device.type == "cpu" else None)
     parts = [(mine, logits)]
     if world > 1:
         parts = [None] * world if rank == 0 else None

@@ -176,7 +176,8 @@ def test_validation_reads_eval_max_length_tokens_training_max_length(tiny_encode
 
 def test_kernel_caches_are_capped_unless_the_user_set_them(monkeypatch):
     import train
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "x")  # so that monkeypatch restores its absence
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
     monkeypatch.setenv("LRU_CACHE_CAPACITY", "512")
     train.cap_kernel_caches()
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "16" and os.environ["LRU_CACHE_CAPACITY"] == "512"
