@@ -1,23 +1,24 @@
-"""Everything that reads or writes files of models and results: one atomic write, checkpoints, and building
-the classifier from pretrained weights or from a checkpoint.
+"""Checkpoints, and building the classifier from pretrained weights or from a checkpoint.
 
-    from checkpoint import atomic_write, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
-    atomic_write("out.json", lambda f: f.write(text), mode="w")  # every writer of the project uses this
-    model = build_model("sentence-transformers/all-MiniLM-L6-v2", pooling="mean")
-    save_checkpoint(make_checkpoint(model, model_config(model, name, 0.1), cfg, step, metrics, thresholds), path)
+    from checkpoint import build_model, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+    model = build_model("sentence-transformers/all-MiniLM-L6-v2", "mean", 0.1, LABELS)
+    save_checkpoint(make_checkpoint(model, model_config(model, name, 0.1, LABELS), cfg, step, metrics), path)
     model = model_from_checkpoint(load_checkpoint("runs/mini/best.pt"))
-torch and transformers are imported inside the functions that need them: predict.py imports this file
-for atomic_write and stays torch-free.
+A checkpoint is a plain dict, written atomically (common.atomic_write) and read with weights_only=True. Its
+model_config names the labels, in the order of the model's outputs: everything after training reads them there.
 """
-import errno
 import os
-import shutil
 from dataclasses import asdict
 
-from config import EMBEDDED, REMOVED_KEYS
-from errors import UsageError
+import torch
 
-CHECKPOINT_VERSION = 1
+from common import UsageError, atomic_write
+from config import EMBEDDED, ConfigError
+from model import ToxicClassifier
+
+# 2: model_config names the labels (2026-12-07). A version 1 checkpoint is refused: retrain it, or export it
+# with commit d20e400.
+CHECKPOINT_VERSION = 2
 
 
 class CheckpointError(UsageError):
@@ -25,84 +26,17 @@ class CheckpointError(UsageError):
 
 
 # ----------------------------------------------------------------------------
-# one atomic write for every file the project writes
-
-
-def fsync_dir(path):
-    """Make a rename in folder `path` durable: without it a power cut can undo the rename. File systems
-    that cannot sync a folder (some network and FUSE ones) say EINVAL: the rename stands all the same."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, write, mode="wb", unique=False):
-    """write(f) into a temporary file beside path, fsync it, rename it over path, fsync the folder.
-
-    A crash or kill at any moment leaves either the old file whole or the new one whole, never half
-    of one. The temporary is path + ".tmp" (a kill leaves at most that one, which the next write
-    replaces); unique=True gives it a random name, for files several processes may write at once (the
-    token cache, on every rank). On failure the temporary is removed, and a system error on it is raised
-    naming path, the file the user knows."""
-    tmp = f"{path}.{os.urandom(6).hex()}.tmp" if unique else f"{path}.tmp"
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        _remove(tmp)
-        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
-            raise OSError(e.errno, e.strerror, path) from None
-        raise
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def publish_dir(tmp, out):
-    """atomic_write for a folder: fsync every file in the finished folder tmp, then swap it in for out (an
-    older folder of that name is moved aside, then removed) and fsync the parent. A kill leaves out whole,
-    old or new, except between the two renames, where the old one waits as tmp + ".old"."""
-    for name in os.listdir(tmp):
-        with open(os.path.join(tmp, name), "rb") as f:
-            os.fsync(f.fileno())
-    fsync_dir(tmp)
-    old = f"{tmp}.old"
-    shutil.rmtree(old, ignore_errors=True)  # left by a killed export
-    had_old = os.path.exists(out)
-    if had_old:
-        os.replace(out, old)
-    os.replace(tmp, out)
-    fsync_dir(os.path.dirname(os.path.abspath(out)))
-    if had_old:
-        shutil.rmtree(old)
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
-# ----------------------------------------------------------------------------
 # checkpoints: plain dicts
 
 
-def make_checkpoint(model, model_cfg, cfg, step, metrics, thresholds, training=None, validation=None):
+def make_checkpoint(model, model_cfg, cfg, step, metrics, training=None, validation=None):
     """The checkpoint dict: weights, what rebuilds the architecture, the config, and what validation said.
-    validation (logits (N, 6) and labels (N, 6) of the validation rows, numpy) is kept as tensors, which
-    weights_only loading reads. training (optimizer, scaler and loop state) makes it a last.pt that --resume
-    continues from."""
+    validation (logits (N, L) and labels (N, L) of the validation rows, numpy) is kept as tensors, which
+    weights_only loading reads, and which export.py fits the served decisions on. training (optimizer, scaler
+    and loop state) makes it a last.pt that --resume continues from."""
     ckpt = {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "model_config": model_cfg,
-            "config": asdict(cfg), "step": step, "metrics": metrics, "thresholds": [float(t) for t in thresholds]}
+            "config": asdict(cfg), "step": step, "metrics": metrics}
     if validation is not None:
-        import torch
         logits, labels = validation
         ckpt["validation"] = {"logits": torch.from_numpy(logits.astype("float32")),
                               "labels": torch.from_numpy(labels.astype("uint8"))}
@@ -112,13 +46,11 @@ def make_checkpoint(model, model_cfg, cfg, step, metrics, thresholds, training=N
 
 
 def save_checkpoint(ckpt, path):
-    import torch
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(path, map_location="cpu"):
     """torch.load with weights_only=True (no arbitrary unpickling) and a one-line error."""
-    import torch
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
@@ -128,6 +60,9 @@ def load_checkpoint(path, map_location="cpu"):
                               f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise CheckpointError(f"{path}: not a checkpoint written by train.py")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')!r}, this train.py writes and reads "
+                              f"version {CHECKPOINT_VERSION}; train it again (or export it with commit d20e400)")
     return ckpt
 
 
@@ -141,10 +76,6 @@ def load_resumable(path, samples_per_step):
     if missing:
         raise CheckpointError(f"{path}: cannot resume from it: no {', '.join(missing)} "
                               f"(best.pt holds the weights only; resume from last.pt)")
-    removed = {k: v for k, v in ckpt["config"].items() if k in REMOVED_KEYS and v != REMOVED_KEYS[k]}
-    if removed:  # its data order or weights would not continue as they began
-        raise CheckpointError(f"{path}: trained with {removed}, removed on 2026-12-01; resume it with commit "
-                              f"28c1127, or start again")
     seen, steps = ckpt["state"].get("samples_seen"), ckpt["state"].get("step")
     if not (isinstance(seen, int) and isinstance(steps, int)):
         raise CheckpointError(f"{path}: its loop state has no samples_seen and step; cannot resume from it")
@@ -197,31 +128,42 @@ def drop_pooler(encoder):
     return encoder
 
 
-def build_model(encoder_name, pooling="cls", dropout=0.1, num_labels=6):
-    """Pretrained encoder + fresh head. dropout overrides the encoder's own dropout rates too."""
-    from transformers import AutoModel
-
-    from model import ToxicClassifier
+def build_model(encoder_name, pooling, dropout, labels):
+    """Pretrained encoder + fresh head of one output per label. dropout overrides the encoder's own rates too."""
+    from transformers import AutoModel  # heavy: imported where a model is built
     encoder = AutoModel.from_pretrained(resolve_encoder(encoder_name), hidden_dropout_prob=dropout,
                                         attention_probs_dropout_prob=dropout)
-    return ToxicClassifier(drop_pooler(encoder), pooling, dropout, num_labels)
+    return ToxicClassifier(drop_pooler(encoder), pooling, dropout, len(labels))
 
 
-def model_config(model, encoder_name, dropout):
-    """Everything needed to rebuild the architecture without the network: goes in checkpoints."""
-    return {"encoder": encoder_name, "pooling": model.pooling, "dropout": dropout,
-            "num_labels": model.head[-1].out_features, "encoder_config": model.encoder.config.to_dict()}
+def model_config(model, encoder_name, dropout, labels):
+    """Everything needed to rebuild the architecture without the network, and the labels of its outputs."""
+    return {"encoder": encoder_name, "pooling": model.pooling, "dropout": dropout, "labels": list(labels),
+            "encoder_config": model.encoder.config.to_dict()}
 
 
 def model_from_checkpoint(ckpt):
     """Rebuild from a checkpoint dict alone: the architecture from its config, the validated weights from its
     state (which its metrics and thresholds describe)."""
-    from transformers import AutoConfig, AutoModel
-
-    from model import ToxicClassifier
+    from transformers import AutoConfig, AutoModel  # heavy: imported where a model is built
     mc = ckpt["model_config"]
     encoder = AutoModel.from_config(AutoConfig.for_model(**dict(mc["encoder_config"])))
-    model = ToxicClassifier(drop_pooler(encoder), mc["pooling"], mc["dropout"], mc["num_labels"])
-    # a last.pt from before 2026-12-01 trained with ema_decay: its metrics describe the average, kept in "ema"
-    model.load_state_dict(ckpt.get("ema", ckpt["model"]))
+    model = ToxicClassifier(drop_pooler(encoder), mc["pooling"], mc["dropout"], len(mc["labels"]))
+    model.load_state_dict(ckpt["model"])
     return model.eval()
+
+
+def load_tokenizer(cfg):
+    """The encoder's fast tokenizer, and the lengths checked against its position embeddings: a bad name
+    or length fails in a blink, before the data and the Aim repo."""
+    from transformers import AutoConfig, AutoTokenizer  # heavy: imported where a model is built
+    try:
+        reach = AutoConfig.from_pretrained(resolve_encoder(cfg.encoder)).max_position_embeddings
+        tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(cfg.encoder)).backend_tokenizer
+    except (OSError, ValueError) as e:  # a typo, or a hub name not cached on an offline machine
+        raise ConfigError(f"encoder {cfg.encoder!r}: cannot load it ({str(e).splitlines()[0] if str(e) else e!r}); "
+                          f"give a local folder or a name in the Hugging Face cache") from None
+    if max(cfg.max_length, cfg.eval_max_length) > reach:  # found now, not as an index error mid-run
+        raise ConfigError(f"max_length {cfg.max_length}, eval_max_length {cfg.eval_max_length}: "
+                          f"{cfg.encoder} has position embeddings for {reach} tokens")
+    return tokenizer

@@ -10,24 +10,23 @@
     clf.predict(texts, thresholds={"threat": 0.2})        # named labels, over the policy's
     clf.predict(texts, windows=True)                      # also every window's span and scores
 
-scores: the probability per label (the max over the comment's windows, as predict.score gives it).
-labels: those at or above the thresholds: by default the export's default_policy's where export.json has
-policies (issue 25's exports), else its top-level per-label thresholds. spans: for each decided label,
+scores: the probability per label (the max over the comment's windows, as scoring.score_texts gives it).
+labels: those at or above the thresholds. The served thresholds are export.json's policies[default_policy]
+(tuned on validation by export.py), unless a call names another policy or thresholds. spans: for each decided label,
 the character offsets (Python string indices, i.e. code points) of the window with that label's highest
 score: a comment that fits one window spans its own text, a long one the ~500-token stretch that drove
 the label. Bad arguments raise PolicyError (an errors.UsageError) naming the argument.
 """
-
 import numpy as np
 
-import predict
 from inputs import valid_unicode
+from scoring import ModelError, encode_texts, load_model, score_windows
 
 API_NAMES = ("policy", "thresholds", "thresholds")  # what errors call the policy, every-label and named thresholds
 CLI_NAMES = ("--policy", "--threshold", "--thresholds")
 
 
-class PolicyError(predict.PredictError):
+class PolicyError(ModelError):
     """An unknown or unusable policy, or a bad threshold: the message names the argument, flag or field."""
 
 
@@ -41,21 +40,17 @@ def check_threshold(value, name):
 
 
 def resolve_thresholds(meta, policy=None, every=None, named=None, names=API_NAMES):
-    """Per-label thresholds (list, meta's label order): the policy's (default: default_policy's where the
-    export has policies, else the top-level thresholds), then every (all labels), then named ({label: x}).
-    A policy whose target was not reached for some label (a null threshold) needs named to set it."""
-    labels, policies = list(meta["labels"]), meta.get("policies")
+    """Per-label thresholds (list, meta's label order): the policy's (default: export.json's default_policy),
+    then every (all labels), then named ({label: x}). A policy whose target was not reached for some label (a
+    null threshold) needs named to set it."""
+    labels, policies = list(meta["labels"]), meta["policies"]
     pname, ename, tname = names
-    if policy is not None and not isinstance(policies, dict):
-        raise PolicyError(f"{pname} {policy!r}: this export has no decision policies; re-export it with this "
-                          f"version's export.py")
     if policy is not None and policy not in policies:
         raise PolicyError(f"{pname} {policy!r}: unknown policy; this export has {', '.join(policies)}")
-    chosen = policy if policy is not None else meta.get("default_policy") if isinstance(policies, dict) else None
-    if chosen is not None and chosen not in policies:
+    chosen = policy if policy is not None else meta["default_policy"]
+    if chosen not in policies:
         raise PolicyError(f"export.json: default_policy {chosen!r} is not among its policies ({', '.join(policies)})")
-    base = policies[chosen]["thresholds"] if chosen is not None else meta["thresholds"]
-    out = {n: base.get(n) for n in labels}
+    out = {n: policies[chosen]["thresholds"].get(n) for n in labels}
     if every is not None:
         out = dict.fromkeys(labels, check_threshold(every, ename))
     if named is not None:
@@ -96,7 +91,7 @@ class Classifier:
     """An export folder loaded once: predict() scores any number of comments, in order."""
 
     def __init__(self, model_dir, runtime="auto", small_job=False):
-        self.model = predict.load_model(model_dir, runtime, small_job=small_job)
+        self.model = load_model(model_dir, runtime, small_job=small_job)
         self.meta, self.labels = self.model.meta, self.model.labels
         self.runtime, self.why, self.path = self.model.runtime, self.model.why, self.model.path
         self.default_thresholds = resolve_thresholds(self.meta)  # a broken default fails at load, not per call
@@ -116,11 +111,11 @@ class Classifier:
         return self.decide(self.score_windows(texts, batch_size, progress), th, windows)
 
     def score_windows(self, texts, batch_size=32, progress=False):
-        """One model pass, no decisions -> per text (probs (W,6) float32, [(begin, end)] per window).
+        """One model pass, no decisions -> per text (probs (W,L) float32, [(begin, end)] per window).
         serve.py scores many requests' texts in one call, then decides each at its own thresholds."""
         texts = [valid_unicode(t)[0] for t in texts]  # lone surrogates (JSON's \ud800) become U+FFFD, one for one
-        seqs, offsets = predict.encode_texts(self.model.tokenizer, texts, offsets=True)
-        (owner, start, end), probs = predict.score_windows(self.model, seqs, batch_size, progress)
+        seqs, offsets = encode_texts(self.model.tokenizer, texts, offsets=True)
+        (owner, start, end), probs = score_windows(self.model, seqs, batch_size, progress)
         bounds = np.searchsorted(owner, np.arange(len(texts) + 1))  # a text's windows are consecutive
         return [(probs[a:b], [window_span(offsets[i], start[j], end[j]) for j in range(a, b)])
                 for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
@@ -136,7 +131,7 @@ def window_span(offsets, start, end):
 
 
 def describe(labels, th, probs, spans, with_windows):
-    """One comment's dict from its windows' probabilities (W,6) and character spans."""
+    """One comment's dict from its windows' probabilities (W,L) and character spans."""
     best = probs.argmax(0)  # per label, its highest window
     scores = {n: float(probs[best[j], j]) for j, n in enumerate(labels)}
     flagged = [n for n, t in zip(labels, th) if scores[n] >= t]

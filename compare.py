@@ -19,11 +19,9 @@ from dataclasses import fields
 
 import numpy as np
 
-from checkpoint import atomic_write
-from config import REMOVED_KEYS, Config
-from data import LABELS
-from errors import UsageError, exit_on_error
-from metrics import evaluate, weighted_f1s, weighted_label_aucs
+from common import UsageError, atomic_write, exit_on_error, markdown_table
+from config import Config
+from metrics import compute_metrics, weighted_f1, weighted_label_aucs
 from tracking import held_by_live_process
 
 # Keys that say where and how often things are written or run, not what is learnt, so runs that
@@ -32,7 +30,8 @@ from tracking import held_by_live_process
 IGNORED_KEYS = ("seed", "out_dir", "aim", "aim_repo", "cache_dir", "log_every", "eval_every", "device",
                 "eval_batch_size", "dist_timeout_s")
 # A key added to Config after a run was trained is missing from its run.json; new keys default to the
-# behaviour from before they existed, so the default is what that run trained with.
+# behaviour from before they existed, so the default is what that run trained with. Keys Config no longer has
+# are left out of the comparison.
 CONFIG_DEFAULTS = {f.name: f.default for f in fields(Config)}
 NPZ_KEYS = ("ids", "rows", "probs", "labels", "thresholds", "label_names")
 CHUNK = 250  # resamples per block: (250, N) float64 weights stay ~9 MB at N = 4,400
@@ -69,32 +68,30 @@ def load_run(path):
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise CompareError(f"{npz_path}: cannot read ({type(e).__name__}: {e})") from None
     missing = [k for k in NPZ_KEYS if k not in run]
-    n = len(run.get("ids", []))
-    if missing or [str(x) for x in run["label_names"]] != list(LABELS):
-        raise CompareError(f"{npz_path}: missing {', '.join(missing)}" if missing else
-                           f"{npz_path}: label_names {list(run['label_names'])} are not {list(LABELS)}")
-    if (run["probs"].shape != (n, len(LABELS)) or run["labels"].shape != (n, len(LABELS))
-            or run["rows"].shape != (n,) or run["thresholds"].shape != (len(LABELS),)):
+    if missing:
+        raise CompareError(f"{npz_path}: missing {', '.join(missing)}")
+    n, names = len(run["ids"]), [str(x) for x in run["label_names"]]
+    if (run["probs"].shape != (n, len(names)) or run["labels"].shape != (n, len(names))
+            or run["rows"].shape != (n,) or run["thresholds"].shape != (len(names),)):
         raise CompareError(f"{npz_path}: arrays disagree in shape (ids {n}, probs {run['probs'].shape}, "
                            f"labels {run['labels'].shape}, thresholds {run['thresholds'].shape})")
     if not np.isfinite(run["probs"]).all():
         raise CompareError(f"{npz_path}: probs has non-finite values")
-    # a removed key at its "off" value trained as runs without it do: the same experiment
-    config = {k: v for k, v in config.items() if REMOVED_KEYS.get(k, object()) != v}
-    key = {k: v for k, v in {**CONFIG_DEFAULTS, **config}.items() if k not in IGNORED_KEYS}
+    key = {k: config.get(k, v) for k, v in CONFIG_DEFAULTS.items() if k not in IGNORED_KEYS}
     # What the run actually trained with: a bf16 request can fall back to fp32, and world_size
     # multiplies the global batch, so runs that differ there are different experiments.
     key.update(precision_effective=meta.get("precision_effective"), world_size=meta.get("world_size"))
     run.update(path=path, config=config, key=json.dumps(key, sort_keys=True), seed=config.get("seed"),
-               aim_hash=meta.get("aim_hash"), aim_repo=meta.get("aim_repo"), probs=run["probs"].astype(np.float64))
-    run["metrics"] = evaluate(run["probs"], run["labels"], run["thresholds"])
+               aim_hash=meta.get("aim_hash"), aim_repo=meta.get("aim_repo"), probs=run["probs"].astype(np.float64),
+               names=names)
+    run["metrics"] = compute_metrics(run["probs"], run["labels"], names, run["thresholds"])
     return run
 
 
 def check_same_rows(runs):
     """Pairing needs identical validation rows, in the same order, with the same labels."""
     ref = runs[0]
-    for field in ("ids", "rows", "labels"):
+    for field in ("label_names", "ids", "rows", "labels"):
         bad = [r["path"] for r in runs[1:] if not np.array_equal(r[field], ref[field])]
         if bad:
             raise CompareError(f"{', '.join(bad)}: validation {field} differ from {ref['path']}'s "
@@ -150,7 +147,7 @@ def bootstrap(groups, labels, resamples, seed):
         for g in groups:
             for run in g["runs"]:
                 aucs[g["letter"]][start:start + r] += weighted_label_aucs(run["probs"], labels, counts)
-                f1s[g["letter"]][start:start + r] += weighted_f1s(run["probs"], labels, run["thresholds"], counts).mean(1)
+                f1s[g["letter"]][start:start + r] += weighted_f1(run["probs"], labels, run["thresholds"], counts)[0].mean(1)
     draws = {}
     for g in groups:
         label_auc = aucs[g["letter"]] / len(g["runs"])  # (R,L), nan where the label had one class
@@ -194,28 +191,23 @@ def pm(values):
     return "n/a" if len(v) == 0 else f"{v.mean():.4f}" if len(v) == 1 else f"{v.mean():.4f} ± {v.std(ddof=1):.4f}"
 
 
-def table(header, rows):
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
-
-
-def report(groups, n_rows, data_path, pairs, resamples, seed, skipped):
+def report(groups, names, n_rows, data_path, pairs, resamples, seed, skipped):
     out = [f"# Run comparison: {sum(len(g['runs']) for g in groups)} runs in {len(groups)} groups", "",
            f"Validation: {n_rows} rows of {data_path}, identical in every run."]
     if os.path.basename(os.path.dirname(os.path.abspath(data_path))) == "jigsaw":
         out[-1] += " The shared Jigsaw file is toxic-enriched (about 26% toxic against 9.58% in Kaggle's full set)."
-    out += ["", "## Groups", ""] + table(["group", "differs by", "seeds", "runs"], [
+    out += ["", "## Groups", ""] + markdown_table(["group", "differs by", "seeds", "runs"], [
         [g["letter"], g["name"], ", ".join(str(r["seed"]) for r in g["runs"]), ", ".join(r["path"] for r in g["runs"])]
         for g in groups])
     keys = [("aucroc_macro", "mean AUC"), ("macro_f1", "macro F1 @0.5"), ("micro_f1", "micro F1 @0.5"),
             ("macro_f1_tuned", "macro F1 tuned"), ("micro_f1_tuned", "micro F1 tuned")]
-    out += ["", "## Per group: mean ± std over seeds", ""] + table(["group", "n"] + [h for _, h in keys], [
+    out += ["", "## Per group: mean ± std over seeds", ""] + markdown_table(["group", "n"] + [h for _, h in keys], [
         [g["letter"], len(g["runs"])] + [pm([r["metrics"][k] for r in g["runs"]]) for k, _ in keys] for g in groups])
-    out += ["", "Per-label AUC:", ""] + table(["group"] + list(LABELS), [
-        [g["letter"]] + [pm([r["metrics"][f"auc_{n}"] for r in g["runs"]]) for n in LABELS] for g in groups])
+    out += ["", "Per-label AUC:", ""] + markdown_table(["group"] + list(names), [
+        [g["letter"]] + [pm([r["metrics"][f"auc_{n}"] for r in g["runs"]]) for n in names] for g in groups])
     if pairs:
         out += ["", f"## Group against group: paired bootstrap, {resamples} resamples (seed {seed})", ""]
-        out += table(["pair", "metric", "difference", "95% interval", "excludes 0?"], [
+        out += markdown_table(["pair", "metric", "difference", "95% interval", "excludes 0?"], [
             [f"{a} − {b}", metric, f"{d:+.4f}", f"[{lo:+.4f}, {hi:+.4f}]",
              f"yes: {a if lo > 0 else b} is higher" if lo > 0 or hi < 0 else "no: not distinguishable"]
             for a, b, metric, d, lo, hi in pairs])
@@ -233,36 +225,38 @@ def report(groups, n_rows, data_path, pairs, resamples, seed, skipped):
     return "\n".join(out) + "\n"
 
 
-def make_figure(groups, draws, best, labels):
+def make_figure(groups, names, draws, best, labels):
     """Per-label AUC per group with bootstrap intervals and seed dots, and ROC curves of the two best runs."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: imported where the figure is drawn
     from matplotlib.figure import Figure
     from sklearn.metrics import roc_curve
 
-    fig = Figure(figsize=(13, 10))
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)  # ROC panels, cols to a row
+    fig = Figure(figsize=(13, 4 + 3 * rows))
     FigureCanvasAgg(fig)  # Agg: no display needed, PNG out
     # fixed margins: constrained layout would take ~2 s of a 2-core machine per drawing
-    grid = fig.add_gridspec(3, 3, height_ratios=[1.3, 1, 1], left=0.06, right=0.98, top=0.93, bottom=0.06,
-                            hspace=0.45, wspace=0.2)
+    grid = fig.add_gridspec(1 + rows, cols, height_ratios=[1.3] + [1] * rows, left=0.06, right=0.98, top=0.93,
+                            bottom=0.06, hspace=0.45, wspace=0.2)
     ax = fig.add_subplot(grid[0, :])
-    x, width = np.arange(len(LABELS)), 0.8 / len(groups)
+    x, width = np.arange(len(names)), 0.8 / len(groups)
     for i, g in enumerate(groups):
         xs = x - 0.4 + width * (i + 0.5)
-        seeds = np.array([[r["metrics"][f"auc_{n}"] for n in LABELS] for r in g["runs"]])  # (S,L)
+        seeds = np.array([[r["metrics"][f"auc_{n}"] for n in names] for r in g["runs"]])  # (S,L)
         mean = seeds.mean(0)
-        lo_hi = np.array([percentile_interval(draws[g["letter"]]["label_auc"][:, j]) for j in range(len(LABELS))])
+        lo_hi = np.array([percentile_interval(draws[g["letter"]]["label_auc"][:, j]) for j in range(len(names))])
         ok = np.isfinite(mean) & np.isfinite(lo_hi).all(1)
         ax.errorbar(xs[ok], mean[ok], yerr=[mean[ok] - lo_hi[ok, 0], lo_hi[ok, 1] - mean[ok]], fmt="o", capsize=4,
                     color=f"C{i}", label=f"{g['letter']}: {g['name']} ({len(g['runs'])} seeds)")
         for row in seeds:
             ax.plot(xs, row, ".", color=f"C{i}", alpha=0.4)
-    ax.set_xticks(x, LABELS)
+    ax.set_xticks(x, names)
     ax.set_ylabel("validation ROC AUC")
     ax.set_title("Per-label AUC: mean over seeds, 95% paired-bootstrap interval over examples; small dots: seeds")
     ax.legend(fontsize=8)
     color = {g["letter"]: f"C{i}" for i, g in enumerate(groups)}  # a group keeps its colour in every panel
-    for j, name in enumerate(LABELS):
-        ax = fig.add_subplot(grid[1 + j // 3, j % 3])
+    for j, name in enumerate(names):
+        ax = fig.add_subplot(grid[1 + j // cols, j % cols])
         ax.plot([0, 1], [0, 1], ":", color="grey")
         two_classes = 0 < labels[:, j].sum() < len(labels)
         for r in best if two_classes else []:
@@ -322,7 +316,8 @@ def compare(paths, out_dir, resamples, seed):
     draws, skipped = bootstrap(groups, labels, resamples, seed)
     print(f"bootstrap: {resamples} resamples x {len(runs)} runs x {labels.shape[1]} labels on {len(labels)} rows "
           f"in {time.time() - t0:.1f} s", file=sys.stderr)
-    text = report(groups, len(labels), runs[0]["config"].get("data_path", "?"), pair_rows(groups, draws),
+    names = runs[0]["names"]
+    text = report(groups, names, len(labels), runs[0]["config"].get("data_path", "?"), pair_rows(groups, draws),
                   resamples, seed, skipped)
     atomic_write(os.path.join(out_dir, "results.md"), lambda f: f.write(text), mode="w")
     # The two best runs; with several groups, the best of each of the two best groups, so the ROC
@@ -332,7 +327,7 @@ def compare(paths, out_dir, resamples, seed):
     best = sorted(tops, key=lambda r: next(i for i, x in enumerate(ranked) if x is r))[:2] if len(groups) > 1 \
         else ranked[:2]
     png_path = os.path.join(out_dir, "pooling.png")
-    figure = make_figure(groups, draws, best, labels)
+    figure = make_figure(groups, names, draws, best, labels)
     atomic_write(png_path, lambda f: figure.savefig(f, format="png", dpi=100))
     attach_to_aim(runs, png_path, out_dir)
     return text

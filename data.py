@@ -1,167 +1,90 @@
-"""Kaggle Jigsaw CSVs in, padded numpy batches out. No torch here, so predict.py can share it.
+"""Kaggle Jigsaw CSVs in, padded numpy batches out, submissions written. No torch here: scoring.py shares it.
 
     from data import micro_batches, prepare, read_csv, split_indices
-    ds = read_csv("data/sample/train.csv")                  # ids, texts, labels (N,6)
+    ds = read_csv("data/sample/train.csv")                  # ids, texts, labels (N,L): LABELS' columns
     train_idx, val_idx = split_indices(ds.labels, 0.1, split_seed=1234)
     data = prepare(cfg, tokenizer, samples_per_step=32)     # what train.py trains on: split, tokenized
-    ids, mask, y = next(micro_batches(data, cfg, rank=0, world=1, samples_seen=0))  # (B,T), (B,T), (B,6)
+    ids, mask, y = next(micro_batches(data, cfg, rank=0, world=1, samples_seen=0))  # (B,T), (B,T), (B,L)
 
 Kaggle's test set: read_test("test.csv", "test_labels.csv") drops the rows labelled -1.
 """
-import contextlib
 import csv
 import hashlib
-import io
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 
-from errors import UsageError
+from common import LABELS, atomic_write
+from inputs import InputError, read_rows
 
-LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
-csv.field_size_limit(2**31 - 1)  # real comments can be megabytes long
-
-
-class DataError(UsageError):
-    """Bad input data: the message names the file, row and column."""
 
 
 @dataclass
 class Dataset:
     ids: list  # str per row
     texts: list  # str per row
-    labels: np.ndarray | None  # (N, 6) uint8, or None for unlabelled files
+    labels: np.ndarray | None  # (N, L) uint8, or None for unlabelled files
 
 
 # ----------------------------------------------------------------------------
 # reading
 
-def read_lines(path):
-    """Lines of a file, or of stdin for "-", one at a time -> (line with its end, n invalid UTF-8 sequences
-    replaced with U+FFFD). UTF-8 never puts byte 0x0A inside a character, so decoding line by line gives
-    exactly what decoding the whole file would, in the memory of one line."""
-    try:
-        f = sys.stdin.buffer if path == "-" else open(path, "rb")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    with f if path != "-" else contextlib.nullcontext():
-        first = True
-        for raw in f:
-            yield decode_bytes(raw) if first else decode_bytes(raw, bom=False)
-            first = False
-
-
-def decode_bytes(raw, bom=True):
-    """Bytes -> (text, n invalid UTF-8 sequences replaced with U+FFFD); a leading BOM is dropped."""
-    codec = "utf-8-sig" if bom else "utf-8"
-    try:
-        return raw.decode(codec), 0
-    except UnicodeDecodeError:
-        text = raw.decode(codec, errors="replace")
-        return text, text.count("\ufffd") - raw.decode(codec, errors="ignore").count("\ufffd")
-
-
-def read_rows(path, required, header_only=False):
-    """Yield (where, dict) per CSV record, reading the file as it goes; where reads 'row 3 (line 5)', the
-    header being row 1. header_only yields the header's column names alone, so its errors come at once."""
-    bad = [0]  # invalid UTF-8 sequences replaced, counted as the lines go by
-
-    def lines():  # split again at a lone \r too, as a whole-file reader with newline="" would
-        for line, n in read_lines(path):
-            bad[0] += n
-            yield from io.StringIO(line, newline="")
-    reader = csv.reader(lines())
-    try:
-        yield from _records(path, reader, required, header_only)
-    except csv.Error as e:  # e.g. a NUL byte, or a quote left open at the end of the file
-        raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
-    if bad[0]:
-        print(f"warning: {path}: {bad[0]} invalid UTF-8 byte sequence(s) replaced with U+FFFD", file=sys.stderr)
-
-
-def _records(path, reader, required, header_only):
-    header = next((row for row in reader if any(c.strip() for c in row)), None)
-    if header is None:
-        raise DataError(f"{path}: file is empty")
-    header = [h.strip() for h in header]
-    missing = [c for c in required if c not in header]
-    twice = sorted({c for c in required if header.count(c) > 1})  # which copy is meant cannot be known
-    if twice:
-        raise DataError(f"{path}: row 1 (header): column(s) {', '.join(twice)} appear more than once")
-    if missing:
-        raise DataError(f"{path}: row 1 (header): missing column(s) {', '.join(missing)}; "
-                        f"found {', '.join(header)}")
-    if header_only:
-        yield header
-        return
-    line, number = reader.line_num + 1, 1  # quoted newlines make records span several lines
-    for row in reader:
-        where, line = f"row {number + 1} (line {line})", reader.line_num + 1
-        if not row:
-            continue  # a blank line is not a record
-        number += 1
-        if len(row) != len(header):
-            raise DataError(f"{path}: {where}: expected {len(header)} fields, got {len(row)}")
-        yield where, dict(zip(header, row))
-
-
-def read_csv(path, labels=True):
-    """Read a Kaggle train.csv (id, comment_text, 6 labels). labels=False reads test.csv."""
-    required = ("id", "comment_text") + (LABELS if labels else ())
+def read_csv(path, names=LABELS):
+    """Read a Kaggle train.csv: id, comment_text and a 0/1 column per label of names. names=() reads test.csv."""
+    required = ("id", "comment_text") + tuple(names)
     ids, texts, ys, seen = [], [], [], {}
     for where, row in read_rows(path, required):
         rid = row["id"].strip()
         if not rid:  # ids join predictions to submissions and to val_predictions.npz
-            raise DataError(f"{path}: {where}, column id: empty id")
+            raise InputError(f"{path}: {where}, column id: empty id")
         if rid in seen:
-            raise DataError(f"{path}: {where}, column id: duplicate id {rid!r} (first at {seen[rid]})")
+            raise InputError(f"{path}: {where}, column id: duplicate id {rid!r} (first at {seen[rid]})")
         seen[rid] = where
         if not row["comment_text"].strip():
-            raise DataError(f"{path}: {where}, column comment_text: empty comment")
-        if labels:
+            raise InputError(f"{path}: {where}, column comment_text: empty comment")
+        if names:
             y = []
-            for col in LABELS:
+            for col in names:
                 v = row[col].strip()
                 if v not in ("0", "1"):
-                    raise DataError(f"{path}: {where}, column {col}: label must be 0 or 1, got {v!r}")
+                    raise InputError(f"{path}: {where}, column {col}: label must be 0 or 1, got {v!r}")
                 y.append(int(v))
             ys.append(y)
         ids.append(rid)
         texts.append(row["comment_text"])
     if not ids:
-        raise DataError(f"{path}: header only, no data rows")
-    return Dataset(ids, texts, np.array(ys, dtype=np.uint8) if labels else None)
+        raise InputError(f"{path}: header only, no data rows")
+    return Dataset(ids, texts, np.array(ys, dtype=np.uint8) if names else None)
 
 
-def read_test(test_path, labels_path):
+def read_test(test_path, labels_path, names=LABELS):
     """Kaggle's test.csv joined with test_labels.csv; rows labelled -1 (not scored by Kaggle) dropped."""
-    test = read_csv(test_path, labels=False)
+    test = read_csv(test_path, names=())
     by_id = {}
-    for where, row in read_rows(labels_path, ("id",) + LABELS):
-        vals = [row[c].strip() for c in LABELS]
-        for col, v in zip(LABELS, vals):
+    for where, row in read_rows(labels_path, ("id",) + tuple(names)):
+        vals = [row[c].strip() for c in names]
+        for col, v in zip(names, vals):
             if v not in ("-1", "0", "1"):
-                raise DataError(f"{labels_path}: {where}, column {col}: label must be -1, 0 or 1, got {v!r}")
+                raise InputError(f"{labels_path}: {where}, column {col}: label must be -1, 0 or 1, got {v!r}")
         by_id[row["id"].strip()] = [int(v) for v in vals]
     keep, ys = [], []
     for i, rid in enumerate(test.ids):
         if rid not in by_id:
-            raise DataError(f"{labels_path}: no labels for id {rid!r} of {test_path}")
+            raise InputError(f"{labels_path}: no labels for id {rid!r} of {test_path}")
         if -1 not in by_id[rid]:
             keep.append(i)
             ys.append(by_id[rid])
     print(f"{test_path}: {len(test.ids)} rows, {len(test.ids) - len(keep)} labelled -1 dropped, {len(keep)} scored")
     if not keep:
-        raise DataError(f"{labels_path}: every row is labelled -1; nothing to score")
+        raise InputError(f"{labels_path}: every row is labelled -1; nothing to score")
     return Dataset([test.ids[i] for i in keep], [test.texts[i] for i in keep], np.array(ys, dtype=np.uint8))
 
 
 # ----------------------------------------------------------------------------
 # split
 
-def split_indices(labels, val_fraction, split_seed):
+def split_indices(labels, val_fraction, split_seed, names=LABELS):
     """Deterministic stratified split -> (train_idx, val_idx), both sorted.
 
     Each row is stratified by its rarest positive label (or 'clean'), so even the rarest label
@@ -182,9 +105,9 @@ def split_indices(labels, val_fraction, split_seed):
         val.extend(members[:k])
     val_idx = np.sort(np.array(val, dtype=np.int64))
     train_idx = np.setdiff1d(np.arange(n), val_idx)
-    for j, name in enumerate(LABELS):
+    for j, name in enumerate(names):
         if labels[train_idx, j].sum() == 0 or labels[val_idx, j].sum() == 0:
-            raise DataError(f"label {name} has {int(freq[j])} positive(s): too few to have positives "
+            raise InputError(f"label {name} has {int(freq[j])} positive(s): too few to have positives "
                             f"in both the training and the validation split")
     return train_idx, val_idx
 
@@ -220,7 +143,6 @@ def tokenize(tokenizer, texts, max_length, cache_path=None, truncation="head"):
     seqs = [np.array(e.ids if len(e.ids) <= max_length else head_tail(e.ids, e.special_tokens_mask, max_length),
                      dtype=np.int32) for e in encodings]
     if cache_path:  # every rank of a DDP job may write it at once: each to a temporary of its own
-        from checkpoint import atomic_write  # here: predict.py imports data.py and never writes a cache
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
         atomic_write(path, lambda f: np.savez(f, flat=np.concatenate(seqs), offsets=offsets), unique=True)
@@ -257,11 +179,11 @@ def prepare(cfg, tokenizer, samples_per_step):
     ds = read_csv(cfg.data_path)
     try:
         train_idx, val_idx = split_indices(ds.labels, cfg.val_fraction, cfg.split_seed)
-    except DataError as e:  # the split cannot know which file it splits
-        raise DataError(f"{cfg.data_path}: {e}") from None
+    except InputError as e:  # the split cannot know which file it splits
+        raise InputError(f"{cfg.data_path}: {e}") from None
     steps_per_epoch = len(train_idx) // samples_per_step
     if steps_per_epoch == 0:
-        raise DataError(f"{cfg.data_path}: {len(train_idx)} training rows do not fill one global batch "
+        raise InputError(f"{cfg.data_path}: {len(train_idx)} training rows do not fill one global batch "
                         f"of {samples_per_step}; lower batch_size or accum_steps")
     cache = os.path.join(cfg.cache_dir, "tokens")
     seqs = tokenize(tokenizer, ds.texts, cfg.max_length, cache, cfg.truncation)
@@ -275,7 +197,7 @@ def prepare(cfg, tokenizer, samples_per_step):
 
 
 def micro_batches(data, cfg, rank, world, samples_seen):
-    """Endless micro-batches for this rank -> (input_ids, attention_mask (B,T) int64, labels (B,6) float32),
+    """Endless micro-batches for this rank -> (input_ids, attention_mask (B,T) int64, labels (B,L) float32),
     starting after samples_seen, so a resumed run reads on where it stopped."""
     per_rank, per_micro = cfg.batch_size, cfg.batch_size * world  # samples per micro-step, on all ranks
     per_epoch = data.steps_per_epoch * cfg.accum_steps  # micro-batches
@@ -355,3 +277,17 @@ def sorted_batches(lengths, batch_size, max_tokens=None):
         batches.append(order[start:start + n])
         start += n
     return batches
+
+
+# ----------------------------------------------------------------------------
+# Kaggle's submission format
+
+def write_submission(path, names, parts):
+    """id + one probability column per label, from (ids, probs) parts as they come, published atomically: a
+    failure in a later part leaves no half file."""
+    def write(f):
+        w = csv.writer(f)
+        w.writerow(["id", *names])
+        for part_ids, probs in parts:
+            w.writerows([rid, *(f"{p:.9g}" for p in row)] for rid, row in zip(part_ids, probs))
+    atomic_write(path, write, mode="w")

@@ -9,17 +9,18 @@ rates of the community that will use the model (Kaggle's full-set rates by defau
   (the lowest threshold reaching a target precision: automatic action) and recall (the highest reaching
   a target recall: a review queue), each with its validation precision and recall.
 
-    from decisions import fit, parse_rates, apply_calibration
-    rates = parse_rates("kaggle", "--base_rates")                    # or "toxic=0.2,threat=0.01"
-    d = fit(logits, labels, rates, target_precision=0.9, target_recall=0.9)   # JSON-able dict
-    probs = apply_calibration(logits, d["calibration"])
+    from decisions import apply_calibration, fit, parse_rates
+    rates = parse_rates("kaggle", "--base_rates", names)             # or "toxic=0.2,threat=0.01"
+    d = fit(logits, labels, names, rates, target_precision=0.9, target_recall=0.9)   # JSON-able dict
+    probs = apply_calibration(logits, d["calibration"], names)
+names: the label names of the columns (the checkpoint's). "thresholds" here are always on the calibrated scale.
 """
 import math
 
 import numpy as np
 
-from data import LABELS
-from errors import UsageError
+from common import UsageError, sigmoid
+from metrics import calibration_errors, weighted_f1
 
 # Positives per label in Kaggle's full train.csv (159,571 rows; ../shared/data/jigsaw/README.md): the rates
 # of the data the competition was scored on, and the default deployment rates.
@@ -27,7 +28,6 @@ KAGGLE_RATES = {"toxic": 15294 / 159571, "severe_toxic": 1595 / 159571, "obscene
                 "threat": 478 / 159571, "insult": 7877 / 159571, "identity_hate": 1405 / 159571}
 GRID = np.round(np.arange(0.005, 0.9951, 0.005), 3)  # candidate thresholds on the calibrated scale
 MIN_POSITIVES = 5  # fewer validation positives than this: no threshold is tuned, the label keeps 0.5
-ECE_BINS = 10
 A_MIN, A_MAX = 1 / 16, 16  # bounds of the calibration slope (fit_platt); trained models land near 1
 
 
@@ -38,19 +38,20 @@ class RatesError(UsageError):
 # ----------------------------------------------------------------------------
 # base rates and importance weights
 
-def parse_rates(text, where):
+def parse_rates(text, where, names):
     """"kaggle", "none" (no reweighting: the rows' own rates) or "label=rate,..." (labels not named keep
-    Kaggle's rate) -> {label: rate}, or None for "none". where names the key or flag in errors."""
+    Kaggle's rate) -> {label: rate}, or None for "none". A label Kaggle has no rate for, and none is given,
+    keeps the rows' own rate (it is left out of the dict). where names the key or flag in errors."""
     if text == "none":
         return None
-    rates = dict(KAGGLE_RATES)
+    rates = {n: KAGGLE_RATES[n] for n in names if n in KAGGLE_RATES}
     if text == "kaggle":
         return rates
     for part in text.split(","):
         name, sep, value = part.partition("=")
         name = name.strip()
-        if not sep or name not in rates:
-            raise RatesError(f"{where}: {part.strip()!r} is not label=rate with a label among {', '.join(LABELS)} "
+        if not sep or name not in names:
+            raise RatesError(f"{where}: {part.strip()!r} is not label=rate with a label among {', '.join(names)} "
                              f"(or kaggle, or none)")
         try:
             rate = float(value)
@@ -67,17 +68,17 @@ def check_target(value, where):
         raise RatesError(f"{where}: a target must be in (0, 1), got {value}")
 
 
-def rate_weights(labels, rates):
+def rate_weights(labels, names, rates):
     """(N, L) importance weights: label j's positives weigh rate_j / validation rate_j, its negatives
     (1 - rate_j) / (1 - validation rate_j), so the weighted rows have the deployment's rate per label.
-    rates None: all ones. A label with no positives (or no negatives) here keeps weight 1."""
+    rates None: all ones. A label with no rate, or no positives (or no negatives) here, keeps weight 1."""
     y = labels.astype(bool)
     w = np.ones(labels.shape, dtype=np.float64)
     if rates is None:
         return w
-    for j, name in enumerate(LABELS):
+    for j, name in enumerate(names):
         here = y[:, j].mean()
-        if 0 < here < 1:
+        if name in rates and 0 < here < 1:
             w[:, j] = np.where(y[:, j], rates[name] / here, (1 - rates[name]) / (1 - here))
     return w
 
@@ -97,7 +98,7 @@ def newton(z, y, w, a, b, fit_a, iters=100):
     sit on one side of zero, as pos_weight leaves them, and run off to a useless slope."""
     loss = log_loss(z, y, w, a, b)
     for _ in range(iters):
-        p = 1 / (1 + np.exp(-np.clip(a * z + b, -50, 50)))
+        p = sigmoid(np.clip(a * z + b, -50, 50))
         r, h = w * (p - y), w * p * (1 - p) + 1e-12
         grad = np.array([r @ z if fit_a else 0.0, r.sum()])
         if fit_a:
@@ -133,34 +134,28 @@ def fit_platt(z, y, w):
     return float(a), float(b if np.isfinite(b) else start)
 
 
-def fit_calibration(logits, labels, weights):
+def fit_calibration(logits, labels, names, weights):
     """Per-label Platt maps -> {"method": "platt", "a": {label: a}, "b": {label: b}}."""
     a, b = {}, {}
-    for j, name in enumerate(LABELS):
+    for j, name in enumerate(names):
         y = labels[:, j].astype(np.float64)
         a[name], b[name] = fit_platt(logits[:, j].astype(np.float64), y, weights[:, j]) if 0 < y.sum() < len(y) \
             else (1.0, 0.0)
     return {"method": "platt", "a": a, "b": b}
 
 
-def apply_calibration(logits, calibration):
-    """(N, L) logits -> calibrated probabilities; calibration None: the plain sigmoid."""
-    z = np.asarray(logits, dtype=np.float64)
-    if calibration is not None:
-        z = z * np.array([calibration["a"][n] for n in LABELS]) + np.array([calibration["b"][n] for n in LABELS])
-    return 1 / (1 + np.exp(-z))
+def apply_calibration(logits, calibration, names):
+    """(N, L) logits -> calibrated probabilities."""
+    a, b = (np.array([calibration[k][n] for n in names]) for k in ("a", "b"))
+    return sigmoid(np.asarray(logits, dtype=np.float64) * a + b)
 
 
-def calibration_errors(probs, labels, weights, bins=ECE_BINS):
-    """Per label: (Brier score, expected calibration error over equal-width bins), both weighted -> (L,), (L,)."""
-    brier, ece = np.zeros(labels.shape[1]), np.zeros(labels.shape[1])
-    for j in range(labels.shape[1]):
-        p, y, w = probs[:, j], labels[:, j].astype(np.float64), weights[:, j]
-        brier[j] = np.sum(w * (p - y) ** 2) / w.sum()
-        which = np.minimum((p * bins).astype(int), bins - 1)
-        gap = np.abs(np.bincount(which, w * p, bins) - np.bincount(which, w * y, bins))
-        ece[j] = gap.sum() / w.sum()  # sum over bins of (W_b / W) * |mean p - mean y| in bin b
-    return brier, ece
+def raw_thresholds(calibration, thresholds, names):
+    """Thresholds on the calibrated scale -> the same decisions on the plain sigmoid of the logits:
+    sigmoid(a * z + b) >= t exactly where sigmoid(z) >= sigmoid((logit(t) - b) / a), a > 0."""
+    t = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-12, 1 - 1e-12)
+    a, b = (np.array([calibration[k][n] for n in names]) for k in ("a", "b"))
+    return sigmoid((np.log(t / (1 - t)) - b) / a)
 
 
 # ----------------------------------------------------------------------------
@@ -227,18 +222,18 @@ def precision_recall(p, y, w, threshold):
 # ----------------------------------------------------------------------------
 # everything at once
 
-def fit(logits, labels, rates, target_precision=0.9, target_recall=0.9):
-    """Calibration and the three policies at rates (None: the rows' own) -> a JSON-able dict:
-    {"base_rates", "calibration", "policies": {name: {"target"?, "thresholds", "precision", "recall",
-    "unreached"?: {label: why its threshold is null}}}}."""
-    w = rate_weights(labels, rates)
-    calibration = fit_calibration(logits, labels, w)
-    probs = apply_calibration(logits, calibration)
+def fit(logits, labels, names, rates, target_precision=0.9, target_recall=0.9):
+    """Calibration, the three policies and what they give on these rows, at rates (None: the rows' own) -> a
+    JSON-able dict: {"base_rates", "calibration", "policies": {name: {"target"?, "thresholds", "precision",
+    "recall", "unreached"?: {label: why its threshold is null}}}, "validation": summary at the f1 thresholds}."""
+    w = rate_weights(labels, names, rates)
+    calibration = fit_calibration(logits, labels, names, w)
+    probs = apply_calibration(logits, calibration, names)
     y = labels.astype(np.float64)
     policies = {"f1": {}, "precision": {"target": target_precision}, "recall": {"target": target_recall}}
     for name, policy in policies.items():
         policy.update(thresholds={}, precision={}, recall={})
-        for j, label in enumerate(LABELS):
+        for j, label in enumerate(names):
             if y[:, j].sum() < MIN_POSITIVES:
                 t = 0.5 if name == "f1" else None
                 why = f"fewer than {MIN_POSITIVES} validation positives"
@@ -251,23 +246,18 @@ def fit(logits, labels, rates, target_precision=0.9, target_recall=0.9):
                 policy.setdefault("unreached", {})[label] = why
             policy["thresholds"][label] = t
             policy["precision"][label], policy["recall"][label] = precision_recall(probs[:, j], y[:, j], w[:, j], t)
-    used = {n: float(y[:, j].mean()) for j, n in enumerate(LABELS)} if rates is None else dict(rates)
-    return {"base_rates": {"reweighted": rates is not None, "rates": used},
-            "calibration": calibration, "policies": policies}
+    used = {n: float(rates[n]) if rates is not None and n in rates else float(y[:, j].mean())
+            for j, n in enumerate(names)}
+    s = summary(probs, labels, w, [policies["f1"]["thresholds"][n] for n in names])
+    validation = {"rows": len(labels), "macro_f1": s["macro_f1"], "micro_f1": s["micro_f1"],
+                  **{k: dict(zip(names, map(float, s[k]))) for k in ("f1", "brier", "ece")}}
+    return {"base_rates": {"reweighted": rates is not None, "rates": used}, "calibration": calibration,
+            "policies": policies, "validation": validation}
 
 
 def summary(probs, labels, weights, thresholds):
     """What the decisions give on these rows under these weights -> {"macro_f1", "micro_f1", and per
     label "f1", "brier", "ece" as (L,) arrays}."""
-    f1, micro = weighted_f1(probs, labels, weights, thresholds)
+    f1, micro = weighted_f1(probs, labels, thresholds, weights)
     brier, ece = calibration_errors(probs, labels, weights)
     return {"macro_f1": float(f1.mean()), "micro_f1": micro, "f1": f1, "brier": brier, "ece": ece}
-
-
-def weighted_f1(probs, labels, weights, thresholds):
-    """Per-label F1 of probs >= thresholds under per-label weights, and micro F1 -> (L,), scalar."""
-    pred = probs >= np.asarray(thresholds, dtype=np.float64)[None, :]
-    y = labels.astype(np.float64)
-    tp, fp, fn = (weights * pred * y).sum(0), (weights * pred * (1 - y)).sum(0), (weights * ~pred * y).sum(0)
-    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0)
-    return f1, float(2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1e-12))

@@ -8,31 +8,31 @@
 
 Writes into the output folder (replaced as a whole, and only once every check has passed):
   model.onnx       fp32, one self-contained file (no .onnx.data); inputs input_ids, attention_mask
-                   (int64, dynamic batch and sequence axes), output probs (B, 6), sigmoid inside.
+                   (int64, dynamic batch and sequence axes), output probs (B, L), calibrated, sigmoid inside.
   model.int8.onnx  with --quantize int8: dynamic quantization (int8 weights per channel, 7-bit range
                    for CPUs without VNNI; see quantize_int8), about 1/4 the size, saved already
                    optimized for onnxruntime (its fused com.microsoft ops: onnxruntime only, while
                    model.onnx is plain ONNX); predict.py runs it where it is the fastest (runtimes.py).
   tokenizer.json   the encoder's tokenizer, padding and truncation off (predict.py makes windows).
-  export.json      format_version, labels, max_length (the config's eval_max_length if set: the
-                   window predict.py scores), pooling, encoder, per-label thresholds, the
+  export.json      format_version (2), labels (the checkpoint's), max_length (the config's
+                   eval_max_length if set: the window predict.py scores), pooling, encoder, the
                    checkpoint's step and validation metrics, the model files, parity figures,
                    runtime_checks: each runtime's mean AUC against fp32 on the validation rows, and
-                   the decisions (decisions.py): base_rates, calibration, policies (f1, the default;
+                   the decisions (decisions.py): base_rates, calibration, policies (f1, the default_policy:
+                   the thresholds predict.py, classifier.py and serve.py decide at unless told otherwise;
                    precision and recall, at --target_precision / --target_recall, with each label's
                    validation precision and recall, and null where a target is not reached) and
                    validation_at_base_rates (F1, Brier and ECE per label on those rows).
 Decisions: the checkpoint's validation logits are reweighted to --base_rates (default: the checkpoint's
 config, Kaggle's full-set rates unless set), a per-label Platt map sigmoid(a * logit + b) is fitted there
 and put inside the graph, so every score is a calibrated probability at those rates, and the thresholds
-are tuned on that scale. Checkpoints without validation logits (a last.pt, or older) export uncalibrated.
+are tuned on that scale. A checkpoint without validation logits (a last.pt) is refused: export its best.pt.
 Parity: onnxruntime and PyTorch score the padded batch of varied-length comments the graph was
 traced on, and a second one of another batch size and length (the short comments alone); the export
-fails (exit 2, nothing published) when the fp32 max abs difference on either exceeds 1e-4. A
-checkpoint with no validation metrics, or a last.pt with training state, is exported with a warning.
+fails (exit 2, nothing published) when the fp32 max abs difference on either exceeds 1e-4.
 Runtime checks: every runtime predict.py can pick here (onnxruntime fp32 and int8, OpenVINO where
 installed) scores the first --check_rows rows of the checkpoint's own validation split (its
-data_path, read relative to the current folder, as train.py read it) through predict.py; one that
+data_path, read relative to the current folder, as train.py read it) through scoring.py; one that
 loses more than runtimes.MAX_AUC_DROP mean AUC against fp32, or fails, is recorded so and never picked. About
 20-45 s a runtime for MiniLM's 2,000 rows on 2 cores; bert-base takes several times that.
 """
@@ -44,14 +44,18 @@ import shutil
 import sys
 import warnings
 
-from checkpoint import atomic_write, publish_dir
-from data import LABELS
-from errors import UsageError, exit_on_error
-from predict import FORMAT_VERSION, encode_texts, make_windows, window_batch
+import torch
+
+from checkpoint import load_checkpoint, model_from_checkpoint, resolve_encoder
+from checks import ExportError, check_parity, check_runtimes, compare_int8, parity_batches, validation_rows
+from common import atomic_write, exit_on_error, publish_dir
+from decisions import check_target, fit, parse_rates
+from model_card import write_model_card
+from runtimes import installed
+from scoring import FORMAT_VERSION
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = {False: "configs/base.json", True: "configs/average.json"}
-PARITY_TOL = 1e-4
 # Validation rows each runtime is checked on: 2,000 take MiniLM about 20-45 s a runtime on 2 cores; 0: all
 CHECK_ROWS = 2000
 OPSET = 17  # the first opset with LayerNormalization as one op
@@ -59,16 +63,6 @@ OPSET = 17  # the first opset with LayerNormalization as one op
 # PyTorch on other batch sizes, lengths and paddings than the trace's (every export checks a second
 # batch, and eager attention was checked too). Set "eager" here if a future transformers breaks that.
 ATTN_IMPLEMENTATION = "sdpa"
-# Varied lengths and scripts; the joined ones make long rows (several windows), so the batch pads.
-PARITY_TEXTS = ["", "you are an idiot", "Thanks for fixing the citation, it reads much better now.",
-                "I will find where you live 🙂🙂", "Привет, мир! 世界你好 مرحبا",
-                "STOP VANDALISING THIS PAGE!!!", 'Too long; maybe split it into "History" and "Today"?']
-N_SHORT = len(PARITY_TEXTS)  # the second parity batch: these alone, fewer and shorter rows than the trace's
-PARITY_TEXTS += [" ".join(PARITY_TEXTS * k) for k in (2, 5, 20)]
-
-
-class ExportError(UsageError):
-    """A problem with the checkpoint, the tokenizer or the output folder: one line, names the path."""
 
 
 # ----------------------------------------------------------------------------
@@ -94,9 +88,7 @@ def check_out_dir(out):
 
 def save_tokenizer(encoder_name, path):
     """tokenizer.json with padding and truncation off -> (prefix_ids, suffix_ids, pad_id)."""
-    from transformers import AutoTokenizer
-
-    from checkpoint import resolve_encoder
+    from transformers import AutoTokenizer  # heavy: imported where it is used
     try:
         tok = AutoTokenizer.from_pretrained(resolve_encoder(encoder_name)).backend_tokenizer
     except Exception as e:  # not cached and no network, or not a tokenizer folder
@@ -112,15 +104,30 @@ def save_tokenizer(encoder_name, path):
 
 
 # ----------------------------------------------------------------------------
-# export and checks
+# the decisions, the graph, the int8 model
 
-def make_wrapper(model, calibration=None):
+
+def fit_decisions(ckpt, ckpt_path, base_rates, target_precision, target_recall):
+    """decisions.fit on the checkpoint's validation logits at base_rates (None: the checkpoint's config's) -> its
+    dict: base_rates, calibration, policies, and "validation" (F1, Brier and ECE per label at those rates)."""
+    names = ckpt["model_config"]["labels"]
+    rates = parse_rates(base_rates or ckpt["config"]["base_rates"], "--base_rates", names)
+    if "validation" not in ckpt:
+        raise ExportError(f"{ckpt_path}: no validation logits to fit the decisions on (a last.pt holds none): "
+                          f"export the run's best.pt")
+    logits, labels = ckpt["validation"]["logits"].double().numpy(), ckpt["validation"]["labels"].numpy()
+    fitted = fit(logits, labels, names, rates, target_precision, target_recall)
+    for name, policy in fitted["policies"].items():
+        for label, why in policy.get("unreached", {}).items():
+            print(f"policy {name}: no threshold for {label} ({why}); predict.py --policy {name} "
+                  f"needs --thresholds {label}=X")  # a fact of the data, recorded in export.json: not a warning
+    return fitted
+
+
+def make_wrapper(model, calibration, names):
     """The classifier with the calibration map and the sigmoid inside, so the graph outputs calibrated
-    probabilities (every runtime, and any client of model.onnx, gets the same); None: the plain sigmoid."""
-    import torch
-
-    a = [calibration["a"][n] for n in LABELS] if calibration else [1.0] * len(LABELS)
-    b = [calibration["b"][n] for n in LABELS] if calibration else [0.0] * len(LABELS)
+    probabilities (every runtime, and any client of model.onnx, gets the same)."""
+    a, b = ([calibration[k][n] for n in names] for k in ("a", "b"))
 
     class Probs(torch.nn.Module):
         def __init__(self, m):
@@ -130,84 +137,26 @@ def make_wrapper(model, calibration=None):
             self.register_buffer("b", torch.tensor(b, dtype=torch.float32))
 
         def forward(self, input_ids, attention_mask):
-            z = self.m(input_ids, attention_mask)  # (B,T) -> (B,6) logits
-            return torch.sigmoid(z * self.a + self.b)  # (B,6) * (6,) + (6,) -> (B,6) calibrated probabilities
+            z = self.m(input_ids, attention_mask)  # (B,T) -> (B,L) logits
+            return torch.sigmoid(z * self.a + self.b)  # (B,L) * (L,) + (L,) -> (B,L) calibrated probabilities
 
     return Probs(model).eval()
 
 
-def fit_decisions(ckpt, ckpt_path, base_rates, target_precision, target_recall):
-    """decisions.fit on the checkpoint's validation logits -> its dict (base_rates, calibration, policies)
-    plus "validation" (F1, Brier and ECE per label at those rates, on the same rows), or None where the
-    checkpoint holds no validation logits (written before 2026-12-02, or a last.pt)."""
-    import decisions
-    rates = decisions.parse_rates(base_rates or ckpt["config"].get("base_rates", "kaggle"), "--base_rates")
-    if "validation" not in ckpt:
-        print(f"warning: {ckpt_path}: no validation logits (a last.pt, or trained before calibration): the "
-              f"scores are not calibrated and the export has no policies", file=sys.stderr)
-        return None
-    logits, labels = ckpt["validation"]["logits"].double().numpy(), ckpt["validation"]["labels"].numpy()
-    fitted = decisions.fit(logits, labels, rates, target_precision, target_recall)
-    s = decisions.summary(decisions.apply_calibration(logits, fitted["calibration"]), labels,
-                          decisions.rate_weights(labels, rates),
-                          [fitted["policies"]["f1"]["thresholds"][n] for n in LABELS])
-    fitted["validation"] = {"rows": len(labels), "macro_f1": s["macro_f1"], "micro_f1": s["micro_f1"],
-                            **{k: dict(zip(LABELS, map(float, s[k]))) for k in ("f1", "brier", "ece")}}
-    for name, policy in fitted["policies"].items():
-        for label, why in policy.get("unreached", {}).items():
-            print(f"policy {name}: no threshold for {label} ({why}); predict.py --policy {name} "
-                  f"needs --thresholds {label}=X")  # a fact of the data, recorded in export.json: not a warning
-    return fitted
-
-
-def onnx_probs(path, ids, mask):
-    import onnxruntime as ort
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return sess.run(["probs"], {"input_ids": ids, "attention_mask": mask})[0]
-
-
-def parity_batches(tok, serve_length, prefix, suffix, pad_id):
-    """Two padded batches of PARITY_TEXTS' windows -> [(ids, mask)], (B,T) int64: every window (traced
-    on), then the short texts' windows alone, in reverse order: fewer rows, shorter, the longest unpadded."""
-    import numpy as np
-    seqs = encode_texts(tok, PARITY_TEXTS)
-    windows = make_windows(seqs, serve_length - len(prefix) - len(suffix))
-    short = np.flatnonzero(windows[0] < N_SHORT)[::-1]
-    return [window_batch(seqs, windows, idx, prefix, suffix, pad_id) for idx in (np.arange(len(windows[0])), short)]
-
-
-def check_parity(wrapper, path, batches, ckpt_path, out):
-    """fp32 onnxruntime against PyTorch on every batch -> (onnxruntime's probs on the first, max abs diff)."""
-    import numpy as np
-    import torch
-    got, diffs = [], []
-    for ids, mask in batches:
-        with torch.no_grad():
-            ref = wrapper(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()  # (B,6)
-        got.append(onnx_probs(path, ids, mask))
-        diffs.append(np.abs(got[-1] - ref).max())
-    diff = float(np.max(diffs))  # numpy's max keeps a nan, which the check below refuses
-    shapes = " and ".join(f"{ids.shape[0]}x{ids.shape[1]}" for ids, _ in batches)
-    print(f"fp32 parity: max abs diff {diff:.2e} (onnxruntime vs PyTorch on batches of {shapes} windows x tokens, "
-          f"tolerance {PARITY_TOL:g})")
-    if not diff <= PARITY_TOL:  # also catches nan
-        raise ExportError(f"{ckpt_path}: ONNX and PyTorch disagree by {diff:.2e} > {PARITY_TOL:g}; "
-                          f"nothing written to {out} (try ATTN_IMPLEMENTATION = 'eager' in export.py)")
-    return got[0], diff
-
-
-def checkpoint_warnings(ckpt, path):
-    """What export.json will say about this checkpoint that its user may not expect -> one line each."""
-    out = []
-    if not ckpt["metrics"]:
-        out.append(f"warning: {path}: no validation metrics (written before any evaluation); "
-                   f"the thresholds are the 0.5 defaults")
-    elif "thresholds" not in ckpt:
-        out.append(f"warning: {path}: no tuned thresholds; using 0.5 for every label")
-    if "optimizer" in ckpt:  # last.pt: weights of its last step, metrics of its last evaluation
-        out.append(f"warning: {path}: a last.pt with training state: its metrics and thresholds come from "
-                   f"its last evaluation, which may be older than its weights (best.pt holds validated ones)")
-    return out
+def write_onnx(wrapper, ids, mask, path):
+    """The fp32 graph, traced on one batch, with dynamic batch and sequence axes, checked by onnx."""
+    import onnx  # heavy: imported where it is used
+    with warnings.catch_warnings():
+        # TracerWarnings on transformers' mask code test shapes that hold for every input (the mask
+        # is as long as the sequence and never None); the deprecation one is about dynamo=False,
+        # which we want (one self-contained file). Parity is the real check.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (torch.from_numpy(ids), torch.from_numpy(mask)), path,
+                          input_names=["input_ids", "attention_mask"], output_names=["probs"],
+                          dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                        "attention_mask": {0: "batch", 1: "sequence"}, "probs": {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+    onnx.checker.check_model(path)
 
 
 def quantize_int8(src, dst):
@@ -240,65 +189,27 @@ def quantize_int8(src, dst):
             os.remove(raw)
 
 
-def add_int8(fp32, int8, ids, mask, fp32_probs, thresholds, ckpt_path):
-    """Quantize fp32 into int8 and compare the two on the parity batch -> its parity figures."""
-    import numpy as np
-    quantize_int8(fp32, int8)
-    q = onnx_probs(int8, ids, mask)
-    if not np.isfinite(q).all():
-        raise ExportError(f"{ckpt_path}: the int8 model gives non-finite probabilities; nothing written")
-    th = np.asarray(thresholds)
-    agree = float(((q >= th) == (fp32_probs >= th)).mean())
-    qdiff = float(np.abs(q - fp32_probs).max())
-    s32, s8 = os.path.getsize(fp32), os.path.getsize(int8)
-    print(f"int8: {s8 / 1e6:.1f} MB vs fp32 {s32 / 1e6:.1f} MB ({s8 / s32:.0%}); vs fp32 on the parity "
-          f"batch: max abs diff {qdiff:.4f}, decisions at the thresholds agree {agree:.1%} "
-          f"({ids.shape[0]} windows x {len(LABELS)} labels)")
-    return {"int8_max_abs_diff": qdiff, "int8_decision_agreement": agree}
 
 
-def add_runtime_checks(folder, meta, cfg, thresholds, check_rows):
-    """check_runtimes on the checkpoint's validation rows, into folder's export.json (int8 stops being the
-    default where it fails). Nothing to check where fp32 is the only runtime here."""
-    from runtimes import installed
-    if len(meta["models"]) == 1 and not installed("openvino"):
-        return
-    from runtimes import check_runtimes, validation_rows
-    rows = validation_rows(cfg, check_rows)
-    if rows is None:
-        print(f"warning: {cfg['data_path']} (the checkpoint's data) is not here, relative to this folder: "
-              f"the runtimes are not checked on validation rows", file=sys.stderr)
-        return
-    meta["runtime_checks"] = check_runtimes(folder, rows, thresholds)
-    if not meta["runtime_checks"].get("onnxruntime-int8", {}).get("ok", True):
-        meta["default_model"] = "fp32"
-    write_meta(folder, meta)
+# ----------------------------------------------------------------------------
+# export
 
 
 def export(ckpt_path, out, quantize=None, check_rows=CHECK_ROWS, base_rates=None, target_precision=0.9,
            target_recall=0.9):
     """Export, check parity and every runtime on the validation rows, publish to out -> the export.json dict.
     base_rates (a string as config's base_rates; None: the checkpoint's) and the targets set the decisions."""
-    import onnx
-    import torch
-
-    from checkpoint import load_checkpoint, model_from_checkpoint
     ckpt = load_checkpoint(ckpt_path)
-    for key in ("config", "step", "metrics"):
-        if key not in ckpt:
-            raise ExportError(f"{ckpt_path}: checkpoint has no {key!r}; not written by this train.py")
-    cfg = ckpt["config"]
-    # the windows predict.py scores: as long as validation saw, where the thresholds were tuned
-    serve_length = cfg.get("eval_max_length") or cfg["max_length"]
-    thresholds = ckpt.get("thresholds") or [0.5] * len(LABELS)
-    for line in checkpoint_warnings(ckpt, ckpt_path):
-        print(line, file=sys.stderr)
+    cfg, names = ckpt["config"], ckpt["model_config"]["labels"]
+    if "optimizer" in ckpt:  # last.pt: weights of its last step, metrics of its last evaluation
+        print(f"warning: {ckpt_path}: a last.pt with training state; best.pt holds the validated weights",
+              file=sys.stderr)
     fitted = fit_decisions(ckpt, ckpt_path, base_rates, target_precision, target_recall)
-    if fitted:  # thresholds on the calibrated scale, tuned at the deployment's rates
-        thresholds = [fitted["policies"]["f1"]["thresholds"][n] for n in LABELS]
+    thresholds = [fitted["policies"]["f1"]["thresholds"][n] for n in names]  # the default policy's
     model = model_from_checkpoint(ckpt)
     model.encoder.set_attn_implementation(ATTN_IMPLEMENTATION)
-    wrapper = make_wrapper(model, fitted and fitted["calibration"])
+    wrapper = make_wrapper(model, fitted["calibration"], names)
+    serve_length = cfg["eval_max_length"] or cfg["max_length"]  # the windows: as long as validation saw
 
     check_out_dir(out)
     parent, name = os.path.split(os.path.abspath(out))
@@ -306,58 +217,61 @@ def export(ckpt_path, out, quantize=None, check_rows=CHECK_ROWS, base_rates=None
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        prefix, suffix, pad_id = save_tokenizer(cfg["encoder"], os.path.join(tmp, "tokenizer.json"))
-        from tokenizers import Tokenizer
-        batches = parity_batches(Tokenizer.from_file(os.path.join(tmp, "tokenizer.json")), serve_length,
-                                 prefix, suffix, pad_id)
+        tokens = save_tokenizer(cfg["encoder"], os.path.join(tmp, "tokenizer.json"))
+        from tokenizers import Tokenizer  # heavy: imported where it is used
+        batches = parity_batches(Tokenizer.from_file(os.path.join(tmp, "tokenizer.json")), serve_length, *tokens)
         ids, mask = batches[0]  # traced on
         print(f"parity batch: {ids.shape[0]} windows of {mask.sum(1).min()}..{ids.shape[1]} tokens")
-
-        fp32 = os.path.join(tmp, "model.onnx")
-        with warnings.catch_warnings():
-            # TracerWarnings on transformers' mask code test shapes that hold for every input (the mask
-            # is as long as the sequence and never None); the deprecation one is about dynamo=False,
-            # which we want (one self-contained file). Parity below is the real check.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, (torch.from_numpy(ids), torch.from_numpy(mask)), fp32,
-                              input_names=["input_ids", "attention_mask"], output_names=["probs"],
-                              dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                                            "attention_mask": {0: "batch", 1: "sequence"}, "probs": {0: "batch"}},
-                              opset_version=OPSET, dynamo=False)
-        onnx.checker.check_model(fp32)
-        got, diff = check_parity(wrapper, fp32, batches, ckpt_path, out)
         models = {"fp32": "model.onnx"}
+        write_onnx(wrapper, ids, mask, os.path.join(tmp, models["fp32"]))
+        got, diff = check_parity(wrapper, os.path.join(tmp, models["fp32"]), batches, ckpt_path, out)
         parity = {"fp32_max_abs_diff": diff, "windows": int(ids.shape[0]),
                   "batches": [list(map(int, b.shape)) for b, _ in batches]}
-
         if quantize == "int8":
             models["int8"] = "model.int8.onnx"
-            parity.update(add_int8(fp32, os.path.join(tmp, models["int8"]), ids, mask, got, thresholds, ckpt_path))
-
-        import onnxruntime
-        import transformers
-        meta = {"format_version": FORMAT_VERSION, "labels": list(LABELS), "max_length": int(serve_length),
-                "pooling": ckpt["model_config"]["pooling"], "encoder": cfg["encoder"],
-                "thresholds": {name: float(t) for name, t in zip(LABELS, thresholds)},
-                "models": models, "default_model": "int8" if "int8" in models else "fp32",
-                "tokenizer": "tokenizer.json", "prefix_ids": prefix, "suffix_ids": suffix, "pad_id": pad_id,
-                "checkpoint": {"path": os.path.abspath(ckpt_path), "step": int(ckpt["step"]),
-                               "validation_metrics": {k: None if v != v else v for k, v in ckpt["metrics"].items()}},
-                "parity": parity, "opset": OPSET, "attn_implementation": ATTN_IMPLEMENTATION,
-                "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                             "onnxruntime": onnxruntime.__version__}}
-        if fitted:
-            meta.update(default_policy="f1", policies=fitted["policies"], base_rates=fitted["base_rates"],
-                        calibration={**fitted["calibration"], "applied": "in the graph: probs = sigmoid(a * logit + b)"},
-                        validation_at_base_rates=fitted["validation"])
+            fp32_path, int8_path = (os.path.join(tmp, models[k]) for k in ("fp32", "int8"))
+            quantize_int8(fp32_path, int8_path)
+            parity.update(compare_int8(fp32_path, int8_path, ids, mask, got, thresholds, ckpt_path))
+        meta = export_meta(ckpt, ckpt_path, serve_length, models, tokens, parity, fitted)
         write_meta(tmp, meta)
-        add_runtime_checks(tmp, meta, cfg, thresholds, check_rows)
-        __import__("model_card").write_model_card(tmp, meta, cfg)  # MODEL_CARD.md from export.json
+        if len(models) > 1 or installed("openvino"):  # something to check against fp32
+            add_runtime_checks(tmp, meta, cfg, names, thresholds, check_rows)
+        write_model_card(tmp, meta, cfg)
         publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {out}/: {', '.join(sorted(os.listdir(out)))}")
     return meta
+
+
+def export_meta(ckpt, ckpt_path, serve_length, models, tokens, parity, fitted):
+    """export.json's dict (format_version 2): what scoring.py reads, and what the export was checked against."""
+    import onnxruntime
+    import transformers
+    prefix, suffix, pad_id = tokens
+    return {"format_version": FORMAT_VERSION, "labels": list(ckpt["model_config"]["labels"]),
+            "max_length": int(serve_length), "pooling": ckpt["model_config"]["pooling"],
+            "encoder": ckpt["config"]["encoder"], "models": models, "tokenizer": "tokenizer.json",
+            "prefix_ids": prefix, "suffix_ids": suffix, "pad_id": pad_id,
+            "checkpoint": {"path": os.path.abspath(ckpt_path), "step": int(ckpt["step"]),
+                           "validation_metrics": {k: None if v != v else v for k, v in ckpt["metrics"].items()}},
+            "parity": parity, "opset": OPSET, "attn_implementation": ATTN_IMPLEMENTATION,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "onnxruntime": onnxruntime.__version__},
+            "default_policy": "f1", "policies": fitted["policies"], "base_rates": fitted["base_rates"],
+            "calibration": {**fitted["calibration"], "applied": "in the graph: probs = sigmoid(a * logit + b)"},
+            "validation_at_base_rates": fitted["validation"]}
+
+
+def add_runtime_checks(folder, meta, cfg, names, thresholds, check_rows):
+    """check_runtimes on the checkpoint's validation rows, into folder's export.json."""
+    rows = validation_rows(cfg, names, check_rows)
+    if rows is None:
+        print(f"warning: {cfg['data_path']} (the checkpoint's data) is not here, relative to this folder: "
+              f"the runtimes are not checked on validation rows", file=sys.stderr)
+        return
+    meta["runtime_checks"] = check_runtimes(folder, rows, thresholds)
+    write_meta(folder, meta)
 
 
 def write_meta(folder, meta):
@@ -382,13 +296,10 @@ def main(argv=None):
     p.add_argument("--target_recall", type=float, default=0.9, help="the recall policy's target (0.9)")
     args = p.parse_args(argv)
     with exit_on_error():
-        import decisions
-        if args.base_rates is not None:
-            decisions.parse_rates(args.base_rates, "--base_rates")
-        decisions.check_target(args.target_precision, "--target_precision")
-        decisions.check_target(args.target_recall, "--target_recall")
+        check_target(args.target_precision, "--target_precision")
+        check_target(args.target_recall, "--target_recall")
         ckpt, hint = (args.checkpoint, None) if args.checkpoint else default_checkpoint(args.avg)
-        if not os.path.isfile(ckpt):  # before importing torch: a typo fails in a blink
+        if not os.path.isfile(ckpt):
             more = f" (train it with: python train.py {hint})" if hint else ""
             raise ExportError(f"{ckpt}: no such checkpoint{more}")
         out = args.out or os.path.join("exports", os.path.basename(os.path.dirname(os.path.abspath(ckpt))))

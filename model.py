@@ -1,17 +1,16 @@
 """The classifier: a pretrained BERT encoder, a pooling from [B,T,H] to [B,H], and a small head. A pure
 nn.Module: token ids and mask in, logits out; no tokenizer and no I/O (checkpoint.py builds and loads it).
+It imports torch and nothing of this project's, so it can be copied alone.
 
     from checkpoint import build_model
-    model = build_model("sentence-transformers/all-MiniLM-L6-v2", pooling="mean")   # a ToxicClassifier
-    logits = model(input_ids, attention_mask)                                       # (B,T) -> (B,6)
+    model = build_model("sentence-transformers/all-MiniLM-L6-v2", pooling="mean", num_labels=6)  # a ToxicClassifier
+    logits = model(input_ids, attention_mask)                                       # (B,T) -> (B,num_labels)
 """
 from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-from config import POOLINGS
 
 
 def math_attention(input_ids):
@@ -26,12 +25,12 @@ def math_attention(input_ids):
 
 
 class ToxicClassifier(nn.Module):
-    """input_ids, attention_mask (B,T) -> logits (B, num_labels)."""
+    """input_ids, attention_mask (B,T) -> logits (B, num_labels): one per label, in the checkpoint's label order."""
 
-    def __init__(self, encoder, pooling="cls", dropout=0.1, num_labels=6):
+    def __init__(self, encoder, pooling, dropout, num_labels):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be cls or mean, got {pooling!r}")
         self.encoder = encoder
         self.pooling = pooling
         hidden = encoder.config.hidden_size
@@ -51,4 +50,4 @@ class ToxicClassifier(nn.Module):
         else:
             mask = attention_mask.unsqueeze(-1).to(h.dtype)  # (B,T) -> (B,T,1)
             pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B,T,H) * (B,T,1) -> (B,H)
-        return self.head(pooled)  # (B,H) -> (B,6)
+        return self.head(pooled)  # (B,H) -> (B,num_labels)

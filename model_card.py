@@ -7,17 +7,18 @@
     write_model_card(folder, meta, cfg)                    # export.py, with the checkpoint's config
 
 It states the intended use (triage for people, not automatic removal), the training data and its toxic
-rate against Kaggle's full set, the validation metrics per label, the thresholds and decision policies,
-base rates and calibration (each said absent where the export predates them), each runtime's agreement
-with fp32 (int8 included), and the known limits: English only, Wikipedia talk pages of 2017-2018.
+rate against Kaggle's full set, the validation metrics per label, the decision policies, base rates and
+calibration, each runtime's agreement with fp32 (int8 included), and the known limits: English only,
+Wikipedia talk pages of 2017-2018. Every label comes from export.json.
 """
 import argparse
 import os
 import sys
 
-from errors import UsageError, exit_on_error
-
-KAGGLE_TOXIC_RATE = 0.0958  # of Kaggle's full train.csv (159,571 rows)
+from common import UsageError, atomic_write, exit_on_error, markdown_table
+from data import read_csv
+from decisions import KAGGLE_RATES
+from scoring import read_meta
 
 
 def pct(x):
@@ -29,11 +30,10 @@ def num(x, spec=".4f"):
 
 
 def table(header, rows):
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-                     + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+    return "\n".join(markdown_table(header, rows))
 
 
-def data_section(cfg):
+def data_section(cfg, names):
     """The training file and its toxic rate, read from the file where it is here."""
     if not cfg:
         return ["The training configuration is not recorded with this card (regenerated without it: pass "
@@ -43,28 +43,23 @@ def data_section(cfg):
              if "val_fraction" in cfg and "split_seed" in cfg else "")
     lines.append(f"Trained on `{path}`{split}" + (f", max_length {cfg['max_length']}" if "max_length" in cfg else "")
                  + ".")
-    if os.path.isfile(path):
-        from data import read_csv
-        ds = read_csv(path)
-        rate = float(ds.labels[:, 0].mean())
-        enriched = rate > 1.5 * KAGGLE_TOXIC_RATE
-        lines.append(f"{len(ds.ids):,} rows, {pct(rate)} toxic against {100 * KAGGLE_TOXIC_RATE:.2f}% in Kaggle's full "
+    if os.path.isfile(path) and "toxic" in names:
+        ds = read_csv(path, names)
+        rate, kaggle = float(ds.labels[:, list(names).index("toxic")].mean()), KAGGLE_RATES["toxic"]
+        enriched = rate > 1.5 * kaggle
+        lines.append(f"{len(ds.ids):,} rows, {pct(rate)} toxic against {100 * kaggle:.2f}% in Kaggle's full "
                      f"train.csv" + (": **toxic-enriched**, so its precision, F1 and thresholds are not those of "
                                      "a stream with the full set's rates." if enriched else "."))
+    elif os.path.isfile(path):
+        lines.append(f"{len(read_csv(path, names).ids):,} rows.")
     else:
         lines.append("The file is not on this machine: its rates are not stated here.")
     return lines
 
 
 def policy_section(meta):
-    labels, out = meta["labels"], []
-    out.append(table(["label", "threshold (default)"], [[n, num(meta["thresholds"][n], ".3f")] for n in labels]))
-    policies = meta.get("policies")
-    if not isinstance(policies, dict):
-        out.append("This export has **no decision policies** (it predates them): predict.py and serve.py decide at "
-                   "the per-label thresholds above, tuned for F1 on validation.")
-        return out
-    out.append(f"Decision policies (default: `{meta.get('default_policy')}`; choose one with `predict.py --policy "
+    labels, policies, out = meta["labels"], meta["policies"], []
+    out.append(f"Decision policies (default: `{meta['default_policy']}`; choose one with `predict.py --policy "
                f"NAME` or `\"policy\"` in a /v1/classify request). A blank threshold: the target is not reached for "
                f"that label on validation.")
     rows = []
@@ -77,27 +72,15 @@ def policy_section(meta):
 
 
 def calibration_section(meta):
-    base, cal, val = meta.get("base_rates"), meta.get("calibration"), meta.get("validation_at_base_rates")
-    out = []
-    if isinstance(base, dict):
-        where = "reweighted to" if base.get("reweighted", True) else "as they are, at"
-        out.append(f"Base rates: the validation rows {where} these label rates (Kaggle's full set unless the "
-                   "exporter set others): " + ", ".join(f"{n} {pct(r)}" for n, r in base.get("rates", {}).items()) + ".")
-    else:
-        out.append("No base rates recorded (an export from before they were).")
-    if isinstance(cal, dict):
-        per_label = [f"{k} " + ", ".join(f"{n} {v:.3f}" for n, v in cal[k].items())
-                     for k in ("a", "b") if isinstance(cal.get(k), dict)]
-        out.append(f"Calibration: `{cal.get('method', 'n/a')}` per label, sigmoid(a * logit + b), fitted at those "
-                   "rates and applied inside the ONNX graph: a score of 0.8 means about 80% at those rates. "
-                   + "; ".join(per_label) + ".")
-        if isinstance(val, dict) and isinstance(val.get("ece"), dict):
-            out.append("Expected calibration error on the validation rows at those rates (10 bins): "
-                       + ", ".join(f"{n} {e:.4f}" for n, e in val["ece"].items()) + ".")
-    else:
-        out.append("No calibration: the probabilities are the classifier's sigmoid outputs, fitted on the training "
-                   "file's rates; read them as scores to rank by, not as frequencies.")
-    return out
+    base, cal, val = meta["base_rates"], meta["calibration"], meta["validation_at_base_rates"]
+    where = "reweighted to" if base["reweighted"] else "as they are, at"
+    per_label = [f"{k} " + ", ".join(f"{n} {v:.3f}" for n, v in cal[k].items()) for k in ("a", "b")]
+    return [f"Base rates: the validation rows {where} these label rates (Kaggle's full set unless the exporter set "
+            "others): " + ", ".join(f"{n} {pct(r)}" for n, r in base["rates"].items()) + ".",
+            f"Calibration: `{cal['method']}` per label, sigmoid(a * logit + b), fitted at those rates and applied "
+            "inside the ONNX graph: a score of 0.8 means about 80% at those rates. " + "; ".join(per_label) + ".",
+            "Expected calibration error on the validation rows at those rates (10 bins): "
+            + ", ".join(f"{n} {e:.4f}" for n, e in val["ece"].items()) + "."]
 
 
 def runtime_section(meta):
@@ -124,13 +107,13 @@ def card(meta, cfg=None):
         f"# Model card: toxic-comment classifier ({meta['encoder']}, {meta['pooling']} pooling)",
         "Generated by model_card.py from export.json; code under the MIT license (LICENSE).",
         "## Intended use",
-        "Scores English comments for six kinds of toxicity (Jigsaw's labels: " + ", ".join(labels) + ") so that "
+        f"Scores English comments for {len(labels)} kinds of toxicity (labels: " + ", ".join(labels) + ") so that "
         "people can **triage** them: sort a moderation queue, flag comments for review. The scores are for "
         "triage, **not for automatic removal**: every decision against a person's comment should be a person's. "
         "It is not a measure of a writer's intent, and should not be used to rank or judge people.",
         "## Training data",
         "Kaggle's Jigsaw Toxic Comment Classification Challenge (2018): Wikipedia talk-page comments labelled by "
-        "crowd raters.", *data_section(cfg),
+        "crowd raters.", *data_section(cfg, labels),
         f"## Metrics (the validation split of the training file, at step {meta['checkpoint']['step']:,})",
         f"Mean ROC AUC {num(m.get('aucroc_macro'))}; macro F1 at the tuned thresholds "
         f"{num(m.get('macro_f1_tuned'))}, micro {num(m.get('micro_f1_tuned'))}.",
@@ -156,7 +139,6 @@ def card(meta, cfg=None):
 
 
 def write_model_card(folder, meta, cfg=None):
-    from checkpoint import atomic_write
     text = card(meta, cfg)
     atomic_write(os.path.join(folder, "MODEL_CARD.md"), lambda f: f.write(text), mode="w")
     return text
@@ -169,7 +151,6 @@ def main(argv=None):
     p.add_argument("--stdout", action="store_true", help="print the card instead of writing it")
     args = p.parse_args(argv)
     with exit_on_error():
-        from predict import read_meta
         meta = read_meta(args.model)
         cfg = None
         if args.data:

@@ -2,15 +2,15 @@
 
     from runtimes import choose, open_session
     runtime, why = choose(meta, cpu_flags())          # e.g. ("openvino", "this CPU has avx512_bf16 ...")
-    session = open_session(runtime, model_dir, meta)  # session.run(["probs"], {"input_ids": .., "attention_mask": ..})
+    session, path = open_session(runtime, model_dir, meta, threads)  # session.run(["probs"], {"input_ids": .., "attention_mask": ..})
 
     openvino          OpenVINO on model.onnx; bf16 on CPUs with bf16 matrix units (AVX512_BF16, AMX), else fp32
     onnxruntime-int8  onnxruntime on model.int8.onnx (dynamic int8: export.py --quantize int8)
     onnxruntime-fp32  onnxruntime on model.onnx
 The rule follows bench/README.md's prediction tables: where the CPU multiplies bf16 natively, OpenVINO in bf16
 is the fastest; elsewhere onnxruntime int8 is (AVX2: 1.55x PyTorch fp32), then onnxruntime fp32. No torch here.
-check_runtimes (export.py runs it) scores every runtime on the checkpoint's validation rows; one that loses more
-than MAX_AUC_DROP mean AUC against fp32 is recorded so in export.json, and choose() never picks it.
+checks.check_runtimes (export.py runs it) scores every runtime on the checkpoint's validation rows; one that loses
+more than MAX_AUC_DROP mean AUC against fp32 is recorded so in export.json, and choose() never picks it.
 """
 import importlib.util
 import os
@@ -110,7 +110,7 @@ class OpenVINOSession:
 
 
 def open_session(runtime, model_dir, meta, threads):
-    """A loaded model for runtime: its session.run(["probs"], feeds) gives probabilities (B, 6)."""
+    """A loaded model for runtime: its session.run(["probs"], feeds) gives probabilities (B, L)."""
     path = os.path.join(model_dir, meta["models"]["int8" if runtime == "onnxruntime-int8" else "fp32"])
     if runtime == "openvino":
         return OpenVINOSession(path, threads), path
@@ -119,56 +119,3 @@ def open_session(runtime, model_dir, meta, threads):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1  # one branch at a time: BERT's graph is a chain
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]), path
-
-
-# ----------------------------------------------------------------------------
-# the checks export.py runs on every runtime, which runtime_checks in export.json records and choose() reads
-
-def validation_rows(cfg, max_rows):
-    """The checkpoint's own validation rows (its data_path, val_fraction and split_seed) -> (texts, labels),
-    or None where that file is not on this machine. max_rows > 0 keeps the first max_rows of them."""
-    from data import read_csv, split_indices
-    if not os.path.isfile(cfg["data_path"]):
-        return None
-    ds = read_csv(cfg["data_path"])
-    _, val = split_indices(ds.labels, cfg["val_fraction"], cfg["split_seed"])
-    val = val[:max_rows] if max_rows else val
-    return [ds.texts[i] for i in val], ds.labels[val]
-
-
-def check_runtimes(folder, rows, thresholds):
-    """Every runtime predict.py can pick on this machine, scored through predict.py on the validation rows
-    against onnxruntime fp32 -> {runtime: mean AUC, its change, decision agreement, ok}. ok is False where
-    mean AUC falls more than MAX_AUC_DROP below fp32's, or the runtime fails here: predict.py then never
-    picks it. OpenVINO is checked at the precision this CPU gives it (bf16 or f32), and recorded so."""
-    import numpy as np
-
-    import predict
-    from metrics import evaluate
-    texts, labels = rows
-    meta, th, ref, out = predict.read_meta(folder), np.asarray(thresholds), None, {}
-    for runtime in RUNTIMES[::-1]:  # onnxruntime-fp32 first: the reference
-        try:
-            check(runtime, meta, folder)
-        except RuntimeChoiceError:  # not exported, or not installed here
-            continue
-        try:
-            model = predict.load_model(folder, runtime)
-            probs = predict.score(model, texts, progress=False).astype(np.float64)
-            if not np.isfinite(probs).all():
-                raise ValueError("non-finite probabilities")
-        except Exception as e:  # a runtime that cannot run here is recorded, not fatal: fp32 still serves
-            out[runtime] = {"ok": False, "error": predict.first_line(e), "rows": len(texts)}
-            print(f"{runtime}: failed on the validation rows ({predict.first_line(e)}); predict.py will not pick it")
-            continue
-        ref = probs if ref is None else ref
-        auc, ref_auc = evaluate(probs, labels)["aucroc_macro"], evaluate(ref, labels)["aucroc_macro"]
-        drop = ref_auc - auc
-        out[runtime] = {"mean_auc": None if auc != auc else auc, "auc_drop_vs_fp32": None if drop != drop else drop,
-                        "decision_agreement": float(((probs >= th) == (ref >= th)).mean()), "rows": len(texts),
-                        "ok": runtime == "onnxruntime-fp32" or bool(drop <= MAX_AUC_DROP),  # nan: not shown ok
-                        "precision": getattr(model.session, "precision", None)}
-        print(f"{runtime}: mean AUC {auc:.4f} on {len(texts):,} validation rows ({auc - ref_auc:+.4f} vs fp32), "
-              f"decisions agree with fp32 {out[runtime]['decision_agreement']:.1%}"
-              + ("" if out[runtime]["ok"] else f": more than {MAX_AUC_DROP} lost, predict.py will not pick it"))
-    return out

@@ -30,28 +30,18 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from errors import UsageError, exit_on_error
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads; as predict.py: numpy's BLAS is not used
 
-PERSPECTIVE = {"TOXICITY": "toxic", "SEVERE_TOXICITY": "severe_toxic", "PROFANITY": "obscene", "THREAT": "threat",
-               "INSULT": "insult", "IDENTITY_ATTACK": "identity_hate"}
+from api import RequestError, analyze_request, attributes, classify_request, error_body, perspective_response
+from classifier import Classifier
+from common import UsageError, exit_on_error
+from scoring import newest_export
 # Defaults: a Wikipedia talk-page comment is a few hundred characters; a megabyte one still fits (about
 # 400 windows, a few seconds on 2 cores) and the body limit leaves room for JSON's escapes.
 MAX_BODY, MAX_TEXTS, MAX_CHARS = 8 << 20, 64, 1 << 20
 MAX_BATCH = 64  # texts per model call: enough to sort windows by length, few enough to bound a call's latency
 BATCH_WAIT_MS = 2.0
 log = logging.getLogger("serve")
-
-
-class RequestError(Exception):
-    def __init__(self, code, field, message):
-        super().__init__(message)
-        self.code, self.field = code, field
-
-
-def error_body(code, field, message):
-    status = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE",
-              500: "INTERNAL"}.get(code, "UNKNOWN")
-    return {"error": {"code": code, "status": status, "message": message, "field": field}}
 
 
 # ----------------------------------------------------------------------------
@@ -94,7 +84,8 @@ class Batcher:
             n += len(item[0])
         return items
 
-    def score(self, items):
+    def run_batch(self, items):
+        """One model call for every queued request's texts, then each request decided at its own thresholds."""
         texts = [t for it in items for t in it[0]]
         scored, out, at = self.clf.score_windows(texts), [], 0
         for req_texts, th, windows, _ in items:
@@ -107,7 +98,7 @@ class Batcher:
         while True:
             items = await self.gather()
             try:
-                results = await loop.run_in_executor(self.pool, self.score, items)
+                results = await loop.run_in_executor(self.pool, self.run_batch, items)
             except Exception as e:  # a failed call fails its requests (500), not the service
                 log.exception("model call failed")
                 for *_, fut in items:
@@ -138,90 +129,6 @@ async def read_json(request, limit):
         raise RequestError(400, "body", f"body: not valid JSON ({getattr(e, 'msg', 'nested too deep')})") from None
 
 
-def check_text(text, field, limits):
-    if not isinstance(text, str):
-        raise RequestError(400, field, f"{field}: expected a string, got {type(text).__name__}")
-    if len(text) > limits["max_chars"]:
-        raise RequestError(413, field, f"{field}: {len(text):,} characters, over the limit of "
-                                       f"{limits['max_chars']:,} (--max_chars)")
-    return text
-
-
-def check_object(body, allowed, field="body"):
-    if not isinstance(body, dict):
-        raise RequestError(400, field, f"{field}: expected a JSON object")
-    unknown = [k for k in body if k not in allowed]
-    if unknown:
-        raise RequestError(400, f"{field}.{unknown[0]}" if field != "body" else unknown[0],
-                           f"{unknown[0]!r}: unknown field; expected {', '.join(allowed)}")
-
-
-def classify_request(body, clf, limits):
-    """/v1/classify's body -> (texts, thresholds), or RequestError naming the field."""
-    from classifier import PolicyError
-    check_object(body, ("texts", "policy", "thresholds"))
-    texts = body.get("texts")
-    if not isinstance(texts, list) or not texts:
-        raise RequestError(400, "texts", "texts: expected a non-empty list of strings")
-    if len(texts) > limits["max_texts"]:
-        raise RequestError(413, "texts", f"texts: {len(texts):,} texts, over the limit of {limits['max_texts']} "
-                                         f"a request (--max_texts)")
-    texts = [check_text(t, f"texts[{i}]", limits) for i, t in enumerate(texts)]
-    try:
-        return texts, clf.thresholds(body.get("policy"), body.get("thresholds"))
-    except PolicyError as e:
-        raise RequestError(400, str(e).split()[0].rstrip(":"), str(e)) from None
-
-
-def analyze_request(body, limits):
-    """Perspective's AnalyzeCommentRequest -> (text, {attribute: scoreThreshold or None})."""
-    check_object(body, ("comment", "requestedAttributes", "languages", "doNotStore", "clientToken", "context",
-                        "spanAnnotations", "sessionId", "communityId"))
-    comment = body.get("comment")
-    check_object(comment, ("text", "type"), "comment")
-    if comment.get("type", "PLAIN_TEXT") != "PLAIN_TEXT":
-        raise RequestError(400, "comment.type", f"comment.type: {comment['type']!r}; only PLAIN_TEXT is supported")
-    text = check_text(comment.get("text"), "comment.text", limits)
-    langs = body.get("languages") or ["en"]
-    if not isinstance(langs, list) or not any(isinstance(x, str) and x.lower().startswith("en") for x in langs):
-        raise RequestError(400, "languages", f"languages: {langs!r}; this model reads English (en) only")
-    wanted = body.get("requestedAttributes")
-    if not isinstance(wanted, dict) or not wanted:
-        raise RequestError(400, "requestedAttributes", "requestedAttributes: expected an object naming at least "
-                                                       f"one of {', '.join(PERSPECTIVE)}")
-    out = {}
-    for name, opts in wanted.items():
-        field = f"requestedAttributes.{name}"
-        if name not in PERSPECTIVE:
-            raise RequestError(400, field, f"{field}: not an attribute of this model; it has {', '.join(PERSPECTIVE)}")
-        check_object(opts or {}, ("scoreType", "scoreThreshold"), field)
-        if (opts or {}).get("scoreType", "PROBABILITY") != "PROBABILITY":
-            raise RequestError(400, f"{field}.scoreType", f"{field}.scoreType: only PROBABILITY is supported")
-        t = (opts or {}).get("scoreThreshold")
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1):
-            raise RequestError(400, f"{field}.scoreThreshold", f"{field}.scoreThreshold: {t!r} is not in [0, 1]")
-        out[name] = t
-    return text, out
-
-
-def perspective_response(result, wanted, body):
-    """Classifier's dict (with windows) -> Perspective's AnalyzeCommentResponse."""
-    scores = {}
-    for name, t in wanted.items():
-        label = PERSPECTIVE[name]
-        value = result["scores"][label]
-        if t is not None and value < t:  # Perspective leaves out attributes below their scoreThreshold
-            continue
-        scores[name] = {"spanScores": [{"begin": w["begin"], "end": w["end"],
-                                        "score": {"value": w["scores"][label], "type": "PROBABILITY"}}
-                                       for w in result["windows"]],
-                        "summaryScore": {"value": value, "type": "PROBABILITY"}}
-    out = {"attributeScores": scores, "languages": body.get("languages") or ["en"], "detectedLanguages": ["en"]}
-    if "clientToken" in body:
-        out["clientToken"] = body["clientToken"]
-    return out
-
-
 # ----------------------------------------------------------------------------
 # the app
 
@@ -234,7 +141,7 @@ def make_app(clf, limits, max_batch=MAX_BATCH, wait_ms=BATCH_WAIT_MS):
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    batcher = Batcher(clf, max_batch, wait_ms / 1000)
+    batcher, attrs = Batcher(clf, max_batch, wait_ms / 1000), attributes(clf.labels)
 
     def fail(e):
         return JSONResponse(error_body(e.code, e.field, str(e)), status_code=e.code)
@@ -251,12 +158,12 @@ def make_app(clf, limits, max_batch=MAX_BATCH, wait_ms=BATCH_WAIT_MS):
     async def analyze(request):
         try:
             body = await read_json(request, limits["max_body"])
-            text, wanted = analyze_request(body, limits)
+            text, wanted = analyze_request(body, limits, attrs)
         except RequestError as e:
             return fail(e)
         (result,), batch = await batcher.submit([text], clf.default_thresholds, windows=True)
         request.scope["note"] = f"texts=1 batch={batch}"
-        return JSONResponse(perspective_response(result, wanted, body))
+        return JSONResponse(perspective_response(result, wanted, body, attrs))
 
     async def health(request):
         return JSONResponse({"status": "ok", "in_flight": batcher.in_flight, "model_calls": batcher.calls,
@@ -341,18 +248,14 @@ def main(argv=None):
     p.add_argument("--max_chars", type=int, default=MAX_CHARS, help="characters a text may have")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as predict.py: numpy's BLAS is not used
     with exit_on_error():
         for flag in ("max_batch", "max_body", "max_texts", "max_chars"):
             if getattr(args, flag) < 1:
                 raise UsageError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
         if not 0 <= args.batch_wait_ms <= 10_000:
             raise UsageError(f"--batch_wait_ms must be in [0, 10000], got {args.batch_wait_ms}")
-        import uvicorn
-
-        import predict
-        from classifier import Classifier
-        model_dir = args.model or predict.newest_export()
+        import uvicorn  # heavy: imported once the flags are good
+        model_dir = args.model or newest_export()
         clf = Classifier(model_dir, args.runtime)
         clf.predict(["warm up"])  # the first call allocates; no request should pay for it
         limits = {k: getattr(args, k) for k in ("max_body", "max_texts", "max_chars")}

@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 
-from errors import UsageError
+from common import UsageError
 
 
 class TrackingError(UsageError):
@@ -35,9 +35,6 @@ class NullTracker(Closing):
     hash = None
 
     def track(self, name, value, step, subset):
-        pass
-
-    def log_figure(self, name, figure):
         pass
 
     def close(self):
@@ -81,10 +78,6 @@ class AimTracker(Closing):
     def track(self, name, value, step, subset):
         if value == value:  # nan (an undefined AUC) is left out, not logged as a number
             self._guard(self.run.track, float(value), name=name, step=step, context={"subset": subset})
-
-    def log_figure(self, name, figure):
-        import aim
-        self._guard(lambda: self.run.track(aim.Image(figure), name=name))
 
     def close(self):
         # Even after a failure: closing releases the run's lock and ends it, else it stays 'active'.

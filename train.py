@@ -1,4 +1,4 @@
-"""Fine-tune a BERT encoder as a 6-label toxic-comment classifier. Plain PyTorch, one loop.
+"""Fine-tune a BERT encoder as a multilabel toxic-comment classifier (common.LABELS). Plain PyTorch, one loop.
 
     python train.py configs/mini.json                          # embedded MiniLM, sample data, CPU
     python train.py configs/base.json --lr 3e-5 --max_steps 10 # any key can be overridden
@@ -11,7 +11,7 @@ out_dir/val_predictions.npz, out_dir/run.json, and an Aim run in aim_repo.
 Faults. Every file is replaced atomically, so a kill at any moment (SIGKILL included) leaves the
 previous checkpoint whole, and --resume from it ends with the same weights as an uninterrupted run.
 --resume without out_dir/last.pt is an error (a typo in out_dir never silently starts over).
-Exit codes (errors.py): 2 bad config, data, checkpoint or Aim repo, found before the data is read where
+Exit codes (common.py): 2 bad config, data, checkpoint or Aim repo, found before the data is read where
 it can be; 3 `max_bad_steps` non-finite steps in a row (fp16 leaves overflows to its GradScaler; a
 non-finite loss counts); 4 a write failed, e.g. disk full: training stops, the previous checkpoint
 intact; 130/143 Ctrl-C/SIGTERM: last.pt written, the Aim run closed (130 too while starting up).
@@ -25,99 +25,36 @@ import signal
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (CheckpointError, atomic_write, build_model, load_checkpoint, load_resumable, make_checkpoint,
-                        model_config, resolve_encoder, restore_training, save_checkpoint)
-from config import ConfigError, load_config
-from data import LABELS, micro_batches, prepare
-from distributed import agree, any_rank, init_distributed, node_leader_first
-from errors import (EXIT_FILESYSTEM, EXIT_NUMERICAL, Stopped, exit_on_error, signal_code, sigterm_as_interrupt,
+from checkpoint import (CheckpointError, build_model, load_checkpoint, load_resumable, load_tokenizer, make_checkpoint,
+                        model_config, restore_training, save_checkpoint)
+from common import (EXIT_FILESYSTEM, EXIT_NUMERICAL, LABELS, Stopped, exit_on_error, signal_code, sigterm_as_interrupt,
                     stop_on_signals)
+from config import ConfigError, config_changes, load_config, save_run_json
+from data import micro_batches, prepare
+from device import (agree, any_rank, autocast_for, init_distributed, limit_heap_growth, node_leader_first, on_device,
+                    resolve_precision)
 from metrics import format_metrics
 from optim import MIN_TIMED_STEPS, budget_horizon, get_lr, make_optimizer, pos_weights
 from tracking import make_tracker, prepare_repo
-from validation import run_eval, save_predictions
+from validation import save_predictions, validate
 
 # ----------------------------------------------------------------------------
-# setting up: precision, memory, tokenizer, batches on the device
-
-
-def resolve_precision(requested, device):
-    """bf16 where the hardware has it, else fp32 with a warning (configs stay portable)."""
-    if requested == "bf16":
-        supported = (torch.cuda.is_bf16_supported(including_emulation=False) if device.type == "cuda"
-                     else torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        if not supported:
-            print(f"warning: bf16 is not supported on this {device.type}; training in fp32 instead")
-            return "fp32"
-    return requested
-
-
-def autocast_for(precision, device):
-    """The one precision path: autocast for bf16 and fp16 (which adds GradScaler), nothing for fp32."""
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def cap_kernel_caches(entries=16):
-    """oneDNN, which runs the bf16 matmuls on a CPU, keeps compiled kernels for every matmul shape it has seen, in
-    two caches of 1,024 entries each by default. With a new batch length every step they held ~10 MB more per
-    length, and peak RSS crept by 4 MB a step (2.5 GB after 150 MiniLM steps); 16 entries each keep it flat
-    (1.7 GB) for 8% of the step speed (bench/train_speed.py's (c4); docs/experiments.md, 2026-12-02).
-    Both are read at the first matmul, so this is in time before it; a user's own setting wins."""
-    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):  # oneDNN's, and ideep's above it
-        os.environ.setdefault(name, str(entries))
-
-
-def limit_heap_growth():
-    """glibc malloc tuned for training's allocations, and oneDNN's caches capped, before the first step
-    (docs/experiments.md, 2026-12-02).
-
-    Each step frees and allocates again activations and gradients of 1-50 MB whose sizes change with the
-    batch's length. The 128 KiB mmap threshold this replaces handed every buffer over 128 KiB back to the
-    kernel, which faulted it in again, zeroed, the next step (29 million faults and 15-27% of the CPU
-    time in sys in 60 MiniLM steps). Now buffers up to 32 MiB (every activation at max_length 128) stay in
-    one arena (2 cores: no lock contention to avoid), where the next step reuses them, and the top of
-    the heap is handed back only past 1 GiB free. Larger ones are still mapped and unmapped.
-    mallopt, not GLIBC_TUNABLES: those are read before Python starts, and users run train.py as it is."""
-    cap_kernel_caches()
-    try:
-        import ctypes
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return
-    mallopt(-8, 1)  # M_ARENA_MAX
-    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (fixed, which also stops glibc moving the trim threshold)
-    mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-
-
-def load_tokenizer(cfg):
-    """The encoder's fast tokenizer, and the lengths checked against its position embeddings: a bad name
-    or length fails in a blink, before the data and the Aim repo."""
-    from transformers import AutoConfig, AutoTokenizer
-    try:
-        reach = AutoConfig.from_pretrained(resolve_encoder(cfg.encoder)).max_position_embeddings
-        tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(cfg.encoder)).backend_tokenizer
-    except (OSError, ValueError) as e:  # a typo, or a hub name not cached on an offline machine
-        raise ConfigError(f"encoder {cfg.encoder!r}: cannot load it ({str(e).splitlines()[0] if str(e) else e!r}); "
-                          f"give a local folder or a name in the Hugging Face cache") from None
-    if max(cfg.max_length, cfg.eval_max_length) > reach:  # found now, not as an index error mid-run
-        raise ConfigError(f"max_length {cfg.max_length}, eval_max_length {cfg.eval_max_length}: "
-                          f"{cfg.encoder} has position embeddings for {reach} tokens")
-    return tokenizer
+# setting up
 
 
 def build_training(cfg, data, precision, device):
     """What train_step needs -> (model, optimizer, GradScaler, autocast, BCE pos_weight). bench/train_speed.py
-    times train_step on these too."""
+    times train_step on these too. A new run trains the default label set, common.LABELS."""
     torch.manual_seed(cfg.seed)
     try:
-        model = build_model(cfg.encoder, cfg.pooling, cfg.dropout).to(device)
+        model = build_model(cfg.encoder, cfg.pooling, cfg.dropout, LABELS).to(device)
     except OSError as e:  # a config and tokenizer without weights
         raise ConfigError(f"encoder {cfg.encoder!r}: cannot load its weights ({str(e).splitlines()[0]})") from None
     # fused on CUDA and CPU: it skips a bad step on the device (no sync), and on a CPU it takes ~5x less CPU
@@ -126,16 +63,6 @@ def build_training(cfg, data, precision, device):
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     pos_weight = pos_weights(data.ds.labels[data.train_idx], cfg.pos_weight, cfg.pos_weight_cap).to(device)
     return model, optimizer, scaler, autocast_for(precision, device), pos_weight
-
-
-def on_device(batches, device):
-    """data.micro_batches' numpy arrays as tensors on the device, and the real tokens counted on the host (counting
-    the device's mask would make the host wait for the GPU). On CUDA they go from pinned memory, so non_blocking
-    really is: a copy from pageable memory blocks the host."""
-    pin = device.type == "cuda"
-    for arrays in batches:
-        tensors = (torch.from_numpy(a) for a in arrays)
-        yield (*(t.pin_memory().to(device, non_blocking=True) if pin else t for t in tensors), int(arrays[1].sum()))
 
 
 # ----------------------------------------------------------------------------
@@ -202,14 +129,14 @@ def count_bad_steps(flags, bad_steps, first, cfg, log):
     return bad_steps
 
 
-def validate(model, data, cfg, device, autocast, rank, world, tracker, step):
-    """validation.run_eval, tracked and printed -> (metrics, logits, tuned thresholds)."""
-    metrics, logits, thresholds = run_eval(model, data.val_seqs, data.val_idx, data.ds.labels, cfg, device, autocast,
-                                          rank, world)
+def log_validation(model, data, cfg, device, autocast, rank, world, tracker, step):
+    """validation.validate, tracked and printed -> (metrics, logits, thresholds at the rows' own rates)."""
+    metrics, logits, thresholds = validate(model, data.val_seqs, data.val_idx, data.ds.labels, LABELS, cfg, device,
+                                           autocast, rank, world)
     for k, v in metrics.items():
         tracker.track(f"eval_{k}", v, step, "val")
     if rank == 0:
-        print(f"eval step {step}: loss {metrics['loss']:.4f} | {format_metrics(metrics)}")
+        print(f"eval step {step}: loss {metrics['loss']:.4f} | {format_metrics(metrics, LABELS)}")
     return metrics, logits, thresholds
 
 
@@ -227,28 +154,16 @@ def resumable_everywhere(path, samples_per_step, rank, world, device):
     return ckpt
 
 
-def write_checkpoint(path, raw_model, cfg, step, metrics, thresholds, training=None, validation=None):
+def write_checkpoint(path, raw_model, cfg, step, metrics, training=None, validation=None):
     """best.pt holds the validated weights and their validation logits and labels (validation, from which
     export.py fits calibration and policies); last.pt adds training (optimizer, scaler, loop state)."""
-    ckpt = make_checkpoint(raw_model, model_config(raw_model, cfg.encoder, cfg.dropout), cfg, step, metrics,
-                           thresholds, training, validation)
+    ckpt = make_checkpoint(raw_model, model_config(raw_model, cfg.encoder, cfg.dropout, LABELS), cfg, step, metrics,
+                           training, validation)
     try:
         save_checkpoint(ckpt, path)
     except OSError as e:  # disk full: stop now rather than train on with nothing to resume from
         raise Stopped(f"{path}: cannot write checkpoint ({e.strerror or e}); nothing was replaced: "
                       f"free some space, then continue with --resume", EXIT_FILESYSTEM) from None
-
-
-def write_run_json(path, cfg, aim_hash, precision, world):
-    """What compare.py and people need without opening a checkpoint."""
-    text = json.dumps({"config": asdict(cfg), "aim_hash": aim_hash, "aim_repo": cfg.aim_repo,
-                       "precision_effective": precision, "world_size": world}, indent=1)
-    atomic_write(path, lambda f: f.write(text), mode="w")
-
-
-def config_changes(saved, cfg):
-    changed = {k: (v, getattr(cfg, k)) for k, v in saved.items() if getattr(cfg, k, v) != v}
-    return f"; config changes {changed}" if changed else ""
 
 
 def next_control(caught, budget, elapsed, step, total_steps, mean_step, horizon):
@@ -283,9 +198,9 @@ def train(cfg, resume=False):
             dist.destroy_process_group()
 
 
-def run_training(cfg, resume, rank, world, device):
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
+def set_up(cfg, resume, rank, world, device):
+    """Everything before the first step, what fails fastest first -> a namespace: the model (raw and wrapped),
+    optimizer, scaler, autocast, pos_weight, data and its batches, the loop state, paths and figures."""
     master = rank == 0
     log = print if master else (lambda *a, **k: None)
     precision = resolve_precision(cfg.precision, device)
@@ -296,13 +211,11 @@ def run_training(cfg, resume, rank, world, device):
     log(f"config: {json.dumps(asdict(cfg))}")
     log(f"device {device} x{world} | precision {precision} | global batch {per_step} "
         f"= {cfg.batch_size} per rank x {cfg.accum_steps} accum x {world} ranks")
-    best_path, last_path, run_json = (os.path.join(cfg.out_dir, f) for f in ("best.pt", "last.pt", "run.json"))
-    ckpt = resumable_everywhere(last_path, per_step, rank, world, device) if resume else None
+    paths = {f: os.path.join(cfg.out_dir, f) for f in ("best.pt", "last.pt", "run.json", "val_predictions.npz")}
+    ckpt = resumable_everywhere(paths["last.pt"], per_step, rank, world, device) if resume else None
     tokenizer = load_tokenizer(cfg)
     if cfg.aim and master:
-        prepare_repo(cfg.aim_repo, run_json, ckpt["state"].get("aim_hash") if resume else None)
-
-    # --- data, model, optimizer, loop state
+        prepare_repo(cfg.aim_repo, paths["run.json"], ckpt["state"].get("aim_hash") if resume else None)
     with node_leader_first(world, device):  # one tokenization per node; its other ranks read the cache
         data = prepare(cfg, tokenizer, per_step)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * data.steps_per_epoch)
@@ -313,37 +226,57 @@ def run_training(cfg, resume, rank, world, device):
     # horizon: the step the schedule ends at, saved so a resumed budget run goes on with it
     state = {"step": 0, "samples_seen": 0, "best_auc": -math.inf, "train_seconds": 0.0, "aim_hash": None,
              "horizon": None}
-    # the last evaluation's figures: a resume stopped again before its first eval writes them back to last.pt
-    last_metrics, last_thresholds = {}, [0.5] * len(LABELS)
+    last_metrics = {}  # the last evaluation's: a resume stopped again before its first eval writes them back
     if resume:
-        restore_training(ckpt, last_path, raw_model, optimizer, scaler)
+        restore_training(ckpt, paths["last.pt"], raw_model, optimizer, scaler)
         state.update(ckpt["state"])
-        last_metrics, last_thresholds = ckpt.get("metrics") or {}, ckpt.get("thresholds", last_thresholds)
-        log(f"resumed from {last_path} at step {state['step']}{config_changes(ckpt['config'], cfg)}")
+        last_metrics = ckpt.get("metrics") or {}
+        log(f"resumed from {paths['last.pt']} at step {state['step']}{config_changes(ckpt['config'], cfg)}")
+    model = raw_model
     if world > 1:  # BERT's buffers are constants (no broadcast); gradients live in the all-reduce buckets
         model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
                     gradient_as_bucket_view=True)
-    else:
-        model = raw_model
     if cfg.compile:  # bucketed widths: one static graph per bucket; else dynamo's own choice (dynamic on a change)
         model = torch.compile(model, dynamic=False if cfg.pad_multiple else None)
-    batches = on_device(micro_batches(data, cfg, rank, world, state["samples_seen"]), device)
     hparams = {**asdict(cfg), "precision_effective": precision, "world_size": world, "global_batch": per_step,
                "torch": str(torch.__version__)}
+    return SimpleNamespace(master=master, log=log, precision=precision, per_step=per_step, paths=paths, data=data,
+                           total_steps=total_steps, raw_model=raw_model, model=model, optimizer=optimizer,
+                           scaler=scaler, autocast=autocast, pos_weight=pos_weight, state=state,
+                           last_metrics=last_metrics, hparams=hparams,
+                           batches=on_device(micro_batches(data, cfg, rank, world, state["samples_seen"]), device))
 
+
+def validate_and_save(run, cfg, step, tracker, rank, world, device):
+    """Validate; a new best mean AUC writes best.pt (with the validation logits) and val_predictions.npz."""
+    metrics, logits, thresholds = log_validation(run.raw_model, run.data, cfg, device, run.autocast, rank, world,
+                                                 tracker, step)
+    if metrics["aucroc_macro"] > run.state["best_auc"]:
+        run.state["best_auc"] = metrics["aucroc_macro"]
+        if run.master:
+            labels = run.data.ds.labels[run.data.val_idx]
+            write_checkpoint(run.paths["best.pt"], run.raw_model, cfg, step, metrics, validation=(logits, labels))
+            save_predictions(run.paths["val_predictions.npz"], run.data.ds, run.data.val_idx, logits, thresholds,
+                             step, LABELS)
+    return metrics
+
+
+def run_training(cfg, resume, rank, world, device):
+    run = set_up(cfg, resume, rank, world, device)
+    state, optimizer, master = run.state, run.optimizer, run.master
     # every way out closes the Aim run (else it stays 'active' and locked) and gives the signals back
-    with make_tracker(cfg.aim and master, cfg.aim_repo, os.path.basename(os.path.normpath(cfg.out_dir)), hparams,
+    with make_tracker(cfg.aim and master, cfg.aim_repo, os.path.basename(os.path.normpath(cfg.out_dir)), run.hparams,
                       state["aim_hash"]) as tracker, stop_on_signals() as caught:
         state["aim_hash"] = tracker.hash
         if master:
-            write_run_json(run_json, cfg, tracker.hash, precision, world)
+            save_run_json(run.paths["run.json"], cfg, tracker.hash, run.precision, world)
         step, first_step, budget = state["step"], state["step"], cfg.max_minutes * 60
         t_start = time.time() - state["train_seconds"]
         step_seconds, step_count, bad_steps, pending = 0.0, 0, 0, []  # pending: bad flags on the device, since the sync
         loss_sum, tokens_real, tokens_padded, t_log = torch.zeros((), device=device), 0, 0, time.time()
-        control = next_control(caught, budget, time.time() - t_start, step, total_steps, None, state["horizon"])
+        control = next_control(caught, budget, time.time() - t_start, step, run.total_steps, None, state["horizon"])
         control = agree(control, loss_sum, [], rank, world)[0]  # every rank starts on rank 0's horizon
-        raw_model.train()
+        run.raw_model.train()
         while True:
             # set the lr: the schedule ends at the horizon (a budget's estimate, or the last step), rank 0's
             stop, out_of_time, horizon = bool(control[0]), bool(control[1]), int(control[2])
@@ -356,18 +289,10 @@ def run_training(cfg, resume, rank, world, device):
             # evaluate and save
             evaluating = step > first_step and (step % cfg.eval_every == 0 or done)
             if evaluating:
-                last_metrics, logits, last_thresholds = validate(raw_model, data, cfg, device, autocast, rank, world,
-                                                                 tracker, step)
-                if last_metrics["aucroc_macro"] > state["best_auc"]:
-                    state["best_auc"] = last_metrics["aucroc_macro"]
-                    if master:
-                        write_checkpoint(best_path, raw_model, cfg, step, last_metrics, last_thresholds,
-                                         validation=(logits, data.ds.labels[data.val_idx]))
-                        save_predictions(os.path.join(cfg.out_dir, "val_predictions.npz"), data.ds, data.val_idx,
-                                         logits, last_thresholds, step)
+                run.last_metrics = validate_and_save(run, cfg, step, tracker, rank, world, device)
             if master and (evaluating or stop):
-                training = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "state": dict(state)}
-                write_checkpoint(last_path, raw_model, cfg, step, last_metrics, last_thresholds, training)
+                training = {"optimizer": optimizer.state_dict(), "scaler": run.scaler.state_dict(), "state": dict(state)}
+                write_checkpoint(run.paths["last.pt"], run.raw_model, cfg, step, run.last_metrics, training)
             if done:
                 break
             if stop:
@@ -378,37 +303,43 @@ def run_training(cfg, resume, rank, world, device):
             # one optimizer step: micro-steps, unscale, clip, step, zero_grad
             t0 = time.time()
             seed_step(cfg, rank, step)
-            loss, bad, real, padded = train_step(model, raw_model, batches, optimizer, scaler, autocast, pos_weight,
-                                                 cfg.accum_steps, cfg.grad_clip, skip_nonfinite=precision != "fp16")
+            loss, bad, real, padded = train_step(run.model, run.raw_model, run.batches, optimizer, run.scaler,
+                                                 run.autocast, run.pos_weight, cfg.accum_steps, cfg.grad_clip,
+                                                 skip_nonfinite=run.precision != "fp16")
             loss_sum += torch.where(bad, 0.0, loss)
             pending.append(bad)
             tokens_real, tokens_padded = tokens_real + real, tokens_padded + padded
             step += 1
-            state["samples_seen"] += per_step
+            state["samples_seen"] += run.per_step
             step_seconds, step_count = step_seconds + time.time() - t0, step_count + 1
 
             # log, with the loop's one host-device sync (and under DDP its one collective): on log and eval
             # steps and the last, never between. One process decides on stopping at every step, on the host.
             mean_step = step_seconds / step_count if step_count >= MIN_TIMED_STEPS else None
-            mine = next_control(caught, budget, time.time() - t_start, step, total_steps, mean_step, horizon)
+            mine = next_control(caught, budget, time.time() - t_start, step, run.total_steps, mean_step, horizon)
             control = mine if world == 1 else control  # ranks act on what rank 0 said at the last sync
             if step % cfg.log_every == 0 or step % cfg.eval_every == 0 or step >= control[2] or any(control[:2]):
                 control, loss_total, flags = agree(mine, loss_sum, pending, rank, world)
-                bad_steps = count_bad_steps(flags, bad_steps, step - len(pending), cfg, log)
+                bad_steps = count_bad_steps(flags, bad_steps, step - len(pending), cfg, run.log)
                 pending = []
                 if step % cfg.log_every == 0:
                     if master:
-                        log_progress(tracker, cfg, step, horizon, loss_total, lr_mult * cfg.lr, per_step,
+                        log_progress(tracker, cfg, step, horizon, loss_total, lr_mult * cfg.lr, run.per_step,
                                      time.time() - t_log, tokens_real, tokens_padded)
                     loss_sum.zero_()
                     tokens_real, tokens_padded, t_log = 0, 0, time.time()
+    return summarise_run(run, step, t_start)
 
-    best = load_checkpoint(best_path)["metrics"] if master and os.path.exists(best_path) else last_metrics or None
+
+def summarise_run(run, step, t_start):
+    """The closing line, and what train() returns: the best checkpoint's metrics and the run's totals."""
+    best_path, state = run.paths["best.pt"], run.state
+    best = load_checkpoint(best_path)["metrics"] if run.master and os.path.exists(best_path) else run.last_metrics or None
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    log(f"done: {step} steps, {state['samples_seen']} samples in {(time.time() - t_start) / 60:.1f} min, "
-        f"peak RSS {peak_mb:.0f} MB; " + (f"best {format_metrics(best)}" if best else "no evaluation yet"))
-    return {"best": best, "last": last_metrics or None, "steps": step, "samples_seen": state["samples_seen"],
-            "train_seconds": state["train_seconds"], "precision": precision, "peak_rss_mb": peak_mb}
+    run.log(f"done: {step} steps, {state['samples_seen']} samples in {(time.time() - t_start) / 60:.1f} min, "
+            f"peak RSS {peak_mb:.0f} MB; " + (f"best {format_metrics(best, LABELS)}" if best else "no evaluation yet"))
+    return {"best": best, "last": run.last_metrics or None, "steps": step, "samples_seen": state["samples_seen"],
+            "train_seconds": state["train_seconds"], "precision": run.precision, "peak_rss_mb": peak_mb}
 
 
 def main(argv=None):

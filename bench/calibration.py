@@ -22,7 +22,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (SHARED_NOTE, BenchError, add_common_args, main_guard, markdown_table, train_tiny,  # noqa: E402
+from harness import (SHARED_NOTE, BenchError, add_common_args, main_guard, markdown_table, train_tiny,  # noqa: E402
                     write_results)
 
 import numpy as np  # noqa: E402

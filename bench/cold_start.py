@@ -22,7 +22,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (ROOT, BenchError, add_common_args, describe, fmt, machine, main_guard,  # noqa: E402
+from harness import (ROOT, BenchError, add_common_args, describe, fmt, machine, main_guard,  # noqa: E402
                     markdown_table, measure_peak, peak_lines, ratio, require_checkpoint, run_isolated, run_once,
                     target, targets_table, train_tiny, write_results)
 

@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import describe, machine, main_guard, markdown_table, write_results  # noqa: E402
+from harness import describe, machine, main_guard, markdown_table, write_results  # noqa: E402
 from gpu_step import VARIANTS, bert_base_encoder, gpu_args, run_variant, tiny_encoder  # noqa: E402
 
 SYNCING = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")

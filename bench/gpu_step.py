@@ -30,7 +30,7 @@ import time
 from contextlib import redirect_stdout
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (BenchError, add_common_args, describe, fmt, machine, main_guard, markdown_table,  # noqa: E402
+from harness import (BenchError, add_common_args, describe, fmt, machine, main_guard, markdown_table,  # noqa: E402
                     count_params, measure_peak, mfu, peak_lines, ratio, target, targets_table,
                     tiny_encoder, write_results)
 

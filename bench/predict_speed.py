@@ -24,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (ROOT, SAMPLE, SHARED_NOTE, SHARED_TRAIN, BenchError, add_common_args, describe, fmt,  # noqa: E402
+from harness import (ROOT, SAMPLE, SHARED_NOTE, SHARED_TRAIN, BenchError, add_common_args, describe, fmt,  # noqa: E402
                     machine, main_guard, markdown_table, measure_peak, mfu, non_embedding_params, peak_lines,
                     peak_rss_mb, physical_cores, ratio, require_checkpoint, run_isolated, run_once, target,
                     targets_table, train_tiny, write_results, write_subset)

@@ -33,7 +33,7 @@ import time
 import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, BenchError, main_guard, tiny_encoder  # noqa: E402  (puts ROOT on sys.path)
+from harness import ROOT, BenchError, main_guard, tiny_encoder  # noqa: E402  (puts ROOT on sys.path)
 
 import numpy as np  # noqa: E402
 

@@ -34,7 +34,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (ROOT, SHARED_NOTE, BenchError, add_common_args, fmt, main_guard, markdown_table,  # noqa: E402
+from harness import (ROOT, SHARED_NOTE, BenchError, add_common_args, fmt, main_guard, markdown_table,  # noqa: E402
                     target, targets_table, write_results)
 
 LEVELS = (1, 8, 32, 128)
@@ -246,7 +246,7 @@ def measure(args, texts, server):
 
 
 def report(args, texts, d):
-    from common import machine, describe
+    from harness import machine, describe
     pf = d["predict_file"]
     rows = [[f"{lv['clients']} client(s)", f"{lv['requests']:,}", fmt(lv["per_s"]), fmt(lv["per_s"] / pf["per_s_net"],
              ".2f", "x"), fmt(lv["p50_ms"]), fmt(lv["p95_ms"]), fmt(lv["p99_ms"]), fmt(lv["texts_per_call"], ".1f"),

@@ -32,7 +32,7 @@ import time
 from contextlib import redirect_stderr, redirect_stdout
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (ROOT, SAMPLE, SHARED_NOTE, SHARED_TRAIN, BenchError, add_common_args, count_params,  # noqa: E402
+from harness import (ROOT, SAMPLE, SHARED_NOTE, SHARED_TRAIN, BenchError, add_common_args, count_params,  # noqa: E402
                     describe, fmt, machine, main_guard, markdown_table, measure_peak, mfu, peak_lines,
                     peak_rss_mb, physical_cores, ratio, run_isolated, target, targets_table, tiny_encoder,
                     write_results, write_subset)

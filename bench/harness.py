@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: the machine, its matmul peak, MFU, peak RSS, tables and results.
 
-    from common import ROOT, measure_peak, mfu, markdown_table, write_results
+    from harness import ROOT, measure_peak, mfu, markdown_table, write_results
 Not a script. Every benchmark prints a Markdown table and writes bench/results/<name>.json and .md
 (<name>.quick.* under --quick, so a smoke run never overwrites real figures).
 """
