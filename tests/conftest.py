@@ -3,6 +3,7 @@ and a tiny trained run. Nothing here touches the network.
 
 Every test runs on the CPU, on a machine with GPUs too (the exactness checks assume CPU determinism), unless it
 is marked `@pytest.mark.cuda` (or `cuda(gpus=2)`): those run on CUDA and skip where there are too few GPUs."""
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from common import LABELS  # noqa: E402
 SHARED_TRAIN = os.path.join(ROOT, "..", "shared", "data", "jigsaw", "train.csv")
 SAMPLE = os.path.join(ROOT, "data", "sample", "train.csv")
 
@@ -56,7 +58,7 @@ def tiny_args(encoder, out_dir, **overrides):
     return [x for k, v in args.items() for x in (f"--{k}", str(v))]
 
 
-def run_train(args, **kw):
+def runtrain_in_process(args, **kw):
     """train.py as a subprocess, the way a user runs it."""
     return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT,
                           capture_output=True, text=True, **kw)
@@ -66,6 +68,106 @@ def run_train(args, **kw):
 def tiny_run(tiny_encoder, tmp_path_factory):
     """A finished tiny training run (CLS pooling): its folder holds best.pt, last.pt, val_predictions.npz."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    r = run_train(tiny_args(tiny_encoder, out))
+    r = runtrain_in_process(tiny_args(tiny_encoder, out))
     assert r.returncode == 0, r.stderr[-2000:]
     return out
+
+
+# ----------------------------------------------------------------------------
+# shared by several test files: one tiny export, in-process mains, checkpoint comparisons
+
+_EXPORTS = {}  # one export per session, whichever test file asks first
+
+
+@pytest.fixture(scope="session")
+def export_dir(tiny_run, tmp_path_factory):
+    """The tiny run exported with --quantize int8 -> (folder, what export.py printed)."""
+    import contextlib
+    import io
+
+    import export
+    key = str(tiny_run)
+    if key not in _EXPORTS:
+        out = tmp_path_factory.mktemp("exports") / "tiny"
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            export.main(["--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--quantize", "int8"])
+        _EXPORTS[key] = (str(out), buf.getvalue())
+    return _EXPORTS[key]
+
+
+def run_main(capsys, argv, main=None):
+    """predict.main (or another script's main) in this process -> (exit code, stdout, stderr)."""
+    import predict
+    code = 0
+    try:
+        (main or predict.main)(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def weights_of(path):
+    from checkpoint import load_checkpoint
+    return load_checkpoint(str(path))["model"]
+
+
+def max_diff(a, b):
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def train_in_process(args, resume=False):
+    import train
+    from config import load_config
+    cfg, _ = load_config(args)
+    return train.train(cfg, resume)
+
+
+def train_main(capsys, args):
+    """train.main in this process -> (exit code, stdout, stderr)."""
+    import train
+    with pytest.raises(SystemExit) as e:
+        train.main(args)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return e.value.code, out, err
+
+
+def same_as_reference(out, ref):
+    from checkpoint import load_checkpoint
+    assert max_diff(weights_of(ref / "last.pt"), weights_of(out / "last.pt")) <= 1e-6
+    assert load_checkpoint(str(ref / "best.pt"))["metrics"] == load_checkpoint(str(out / "best.pt"))["metrics"]
+    assert load_checkpoint(str(ref / "last.pt"))["metrics"] == load_checkpoint(str(out / "last.pt"))["metrics"]
+
+
+def all_checkpoints_whole(out):
+    from checkpoint import load_checkpoint
+    for p in out.glob("*.pt"):  # a temporary file may be left by a kill, never half a file under a final name
+        load_checkpoint(str(p))
+
+
+def aim_hash_of(out):
+    return json.load(open(out / "run.json"))["aim_hash"]
+
+
+def aim_closed(repo, run_hash):
+    """Closed: no soft lock left and an end time set (read from the run's container: no reindex needed).
+    A killed run has its lock and no end time: 'active' in the UI for ever unless someone closes it."""
+    import aim
+    meta = aim.Repo.from_path(str(repo)).request_tree("meta", run_hash, read_only=True).subtree("meta")
+    end = meta.subtree("chunks").subtree(run_hash).get("end_time")
+    lock = os.path.exists(os.path.join(repo, ".aim", "locks", f"{run_hash}.softlock"))
+    assert lock == (end is None), (lock, end)
+    return not lock
+
+
+
+
+# a hand-written set of decision policies with known values, over the default labels
+POLICIES = {
+    "f1": {"thresholds": dict(zip(LABELS, [0.5, 0.4, 0.5, 0.3, 0.5, 0.4]))},
+    "precision": {"target": 0.9, "thresholds": dict(zip(LABELS, [0.8, None, 0.85, None, 0.8, 0.9]))},
+    "recall": {"target": 0.9, "thresholds": dict(zip(LABELS, [0.1, 0.05, 0.1, 0.02, 0.1, 0.05]))},
+}

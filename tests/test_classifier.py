@@ -6,28 +6,20 @@ import shutil
 
 import numpy as np
 import pytest
-from test_export import export_dir  # noqa: F401  (the shared session-scoped export)
-from test_predict import run_main
+from conftest import run_main
 
 import predict
 from classifier import Classifier, PolicyError, resolve_thresholds
 from data import LABELS
 from errors import UsageError
 
-POLICIES = {
-    "f1": {"thresholds": dict(zip(LABELS, [0.5, 0.4, 0.5, 0.3, 0.5, 0.4]))},
-    "precision": {"target": 0.9, "thresholds": dict(zip(LABELS, [0.8, None, 0.85, None, 0.8, 0.9]))},
-    "recall": {"target": 0.9, "thresholds": dict(zip(LABELS, [0.1, 0.05, 0.1, 0.02, 0.1, 0.05]))},
-}
-
-
 @pytest.fixture(scope="module")
-def clf(export_dir):  # noqa: F811
+def clf(export_dir):
     return Classifier(export_dir[0], runtime="onnxruntime-fp32")
 
 
 @pytest.fixture(scope="module")
-def policy_export(export_dir, tmp_path_factory):  # noqa: F811
+def policy_export(export_dir, tmp_path_factory):
     """The tiny export with issue 25's keys added by hand (default_policy recall, so the default shows)."""
     out = tmp_path_factory.mktemp("policies") / "tiny"
     shutil.copytree(export_dir[0], out)
@@ -119,7 +111,7 @@ def test_api_errors_name_the_argument(policy_export, policy, thresholds, expect)
     assert isinstance(e.value, UsageError) and expect in str(e.value) and "\n" not in str(e.value)
 
 
-def test_policy_on_an_export_without_policies(export_dir, tmp_path):  # noqa: F811
+def test_policy_on_an_export_without_policies(export_dir, tmp_path):
     """An export from before the policies (its keys removed here) decides at its thresholds, and says why a
     policy cannot be used."""
     shutil.copytree(export_dir[0], tmp_path / "old")
@@ -134,7 +126,7 @@ def test_policy_on_an_export_without_policies(export_dir, tmp_path):  # noqa: F8
         old.predict(["x"], policy="f1")
 
 
-def test_the_exports_own_policies_decide(clf, export_dir):  # noqa: F811
+def test_the_exports_own_policies_decide(clf, export_dir):
     """export.py's policies (issue 25): the default is f1, and a policy with an unreached label says so."""
     meta = json.load(open(f"{export_dir[0]}/export.json"))
     (r,) = clf.predict(["you are an idiot"], policy="recall", thresholds={n: 0.5 for n in LABELS})
@@ -147,7 +139,7 @@ def test_the_exports_own_policies_decide(clf, export_dir):  # noqa: F811
             clf.predict(["x"], policy="precision")
 
 
-def test_cli_policies(policy_export, export_dir, capsys, tmp_path):  # noqa: F811
+def test_cli_policies(policy_export, export_dir, capsys, tmp_path):
     base = ["--model", policy_export, "--runtime", "onnxruntime-fp32", "--json"]
     shutil.copytree(export_dir[0], tmp_path / "old")  # an export from before the policies
     meta = json.load(open(tmp_path / "old" / "export.json"))

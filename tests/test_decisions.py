@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-from test_export import export_dir  # noqa: F401  (the shared session-scoped export)
 
 import decisions
 import evaluate
@@ -131,7 +130,7 @@ def test_half_split_thresholds_lose_less_than_the_enriched_argmax():
     assert new.mean() > old.mean() + 0.02
 
 
-def test_evaluate_reports_brier_and_ece_at_the_base_rates_and_draws_the_figure(export_dir, tmp_path,  # noqa: F811
+def test_evaluate_reports_brier_and_ece_at_the_base_rates_and_draws_the_figure(export_dir, tmp_path,
                                                                                  capsys):
     m, probs, labels = evaluate.run(export_dir[0], data=SAMPLE, figure=str(tmp_path / "rel.png"))
     printed = capsys.readouterr().out
@@ -151,7 +150,7 @@ def test_evaluate_reports_brier_and_ece_at_the_base_rates_and_draws_the_figure(e
     assert [m_none[f"ece_{n}_at_rates"] for n in LABELS] == pytest.approx(ece_none)
 
 
-def test_evaluate_bad_rates_exit_2(export_dir, capsys):  # noqa: F811
+def test_evaluate_bad_rates_exit_2(export_dir, capsys):
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--model", export_dir[0], "--data", SAMPLE, "--base_rates", "toxic=-1"])
     assert e.value.code == 2

@@ -12,22 +12,6 @@ import export
 import predict
 from data import LABELS
 
-_EXPORTS = {}  # one export per session, whichever test file asks first
-
-
-@pytest.fixture(scope="session")
-def export_dir(tiny_run, tmp_path_factory):
-    """The tiny run exported with --quantize int8 -> (folder, what export.py printed)."""
-    key = str(tiny_run)
-    if key not in _EXPORTS:
-        out = tmp_path_factory.mktemp("exports") / "tiny"
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            export.main(["--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--quantize", "int8"])
-        _EXPORTS[key] = (str(out), buf.getvalue())
-    return _EXPORTS[key]
-
-
 def torch_probs(ckpt_path, ids, mask, calibration):
     """PyTorch's probabilities under the export's calibration map."""
     import torch
@@ -87,7 +71,7 @@ def test_export_json_carries_what_predict_needs(export_dir, tiny_run):
     assert b2 < b1 and t2 < t1 and meta["parity"]["windows"] == b1
 
 
-def test_every_runtime_is_checked_on_the_checkpoints_validation_rows(export_dir, tiny_run):  # noqa: F811
+def test_every_runtime_is_checked_on_the_checkpoints_validation_rows(export_dir, tiny_run):
     """Not 13 parity windows: the 80 validation rows of the sample, scored through predict.py."""
     import runtimes
     meta = json.load(open(os.path.join(export_dir[0], "export.json")))

@@ -18,32 +18,7 @@ import train
 from config import load_config
 from conftest import ROOT, tiny_args
 from checkpoint import load_checkpoint
-from test_train import _max_diff, _weights
-
-
-def _train(args, resume=False):
-    cfg, _ = load_config(args)
-    return train.train(cfg, resume)
-
-
-def _main(capsys, args):
-    """train.main in this process -> (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        train.main(args)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return e.value.code, out, err
-
-
-def _same_as_reference(out, ref):
-    assert _max_diff(_weights(ref / "last.pt"), _weights(out / "last.pt")) <= 1e-6
-    assert load_checkpoint(str(ref / "best.pt"))["metrics"] == load_checkpoint(str(out / "best.pt"))["metrics"]
-    assert load_checkpoint(str(ref / "last.pt"))["metrics"] == load_checkpoint(str(out / "last.pt"))["metrics"]
-
-
-def _all_checkpoints_whole(out):
-    for p in out.glob("*.pt"):  # a temporary file may be left by a kill, never half a file under a final name
-        load_checkpoint(str(p))
+from conftest import max_diff, weights_of
 
 
 def _signal_on(needle, sig, args, tmp_path, timeout=180):
@@ -64,21 +39,6 @@ def _signal_on(needle, sig, args, tmp_path, timeout=180):
         assert lines and needle in lines[-1], "".join(lines)[-2000:]
         err.seek(0)
         return proc.returncode, err.read()
-
-
-def _aim_hash(out):
-    return json.load(open(out / "run.json"))["aim_hash"]
-
-
-def _aim_closed(repo, run_hash):
-    """Closed: no soft lock left and an end time set (read from the run's container: no reindex needed).
-    A killed run has its lock and no end time: 'active' in the UI for ever unless someone closes it."""
-    import aim
-    meta = aim.Repo.from_path(str(repo)).request_tree("meta", run_hash, read_only=True).subtree("meta")
-    end = meta.subtree("chunks").subtree(run_hash).get("end_time")
-    lock = os.path.exists(os.path.join(repo, ".aim", "locks", f"{run_hash}.softlock"))
-    assert lock == (end is None), (lock, end)
-    return not lock
 
 
 # ----------------------------------------------------------------------------
@@ -112,17 +72,17 @@ def test_sigkill_before_the_first_checkpoint(tiny_encoder, tmp_path, capsys):
     args = tiny_args(tiny_encoder, out, aim="true", aim_repo=repo, eval_every=6)
     _signal_on("step 2/6", signal.SIGKILL, args, tmp_path)
     assert not (out / "last.pt").exists()
-    killed = _aim_hash(out)
-    assert not _aim_closed(repo, killed)
+    killed = aim_hash_of(out)
+    assert not aim_closed(repo, killed)
 
-    code, _, err = _main(capsys, args + ["--resume"])
+    code, _, err = train_main(capsys, args + ["--resume"])
     assert code == 2 and err.strip().splitlines() == [
         f"error: {out}/last.pt: no checkpoint to resume from (the first is written at step eval_every, or at "
         f"the end if sooner); start again without --resume"]
 
-    _train(tiny_args(tiny_encoder, out, aim="true", aim_repo=repo, max_steps=1, eval_every=1))
+    train_in_process(tiny_args(tiny_encoder, out, aim="true", aim_repo=repo, max_steps=1, eval_every=1))
     assert f"aim: closed run {killed}, left open by a training that was killed" in capsys.readouterr().out
-    assert _aim_closed(repo, killed) and _aim_hash(out) != killed and _aim_closed(repo, _aim_hash(out))
+    assert aim_closed(repo, killed) and aim_hash_of(out) != killed and aim_closed(repo, aim_hash_of(out))
 
 
 def test_sigkill_between_checkpoints_then_resume_is_exact(tiny_encoder, tiny_run, tmp_path):
@@ -130,13 +90,13 @@ def test_sigkill_between_checkpoints_then_resume_is_exact(tiny_encoder, tiny_run
     args = tiny_args(tiny_encoder, out, aim="true", aim_repo=repo)
     _signal_on("step 4/6", signal.SIGKILL, args, tmp_path)  # after the checkpoint of step 3
     assert load_checkpoint(str(out / "last.pt"))["step"] == 3
-    _all_checkpoints_whole(out)
-    run_hash = _aim_hash(out)
-    assert not _aim_closed(repo, run_hash)
+    all_checkpoints_whole(out)
+    run_hash = aim_hash_of(out)
+    assert not aim_closed(repo, run_hash)
 
-    _train(args, resume=True)
-    _same_as_reference(out, tiny_run)
-    assert _aim_hash(out) == run_hash and _aim_closed(repo, run_hash)  # the same run goes on, then ends
+    train_in_process(args, resume=True)
+    same_as_reference(out, tiny_run)
+    assert aim_hash_of(out) == run_hash and aim_closed(repo, run_hash)  # the same run goes on, then ends
 
 
 # ----------------------------------------------------------------------------
@@ -151,10 +111,10 @@ def test_signal_writes_last_pt_closes_aim_and_resume_is_exact(tiny_encoder, tiny
     step = load_checkpoint(str(out / "last.pt"))["step"]
     assert step in (4, 5) and err.strip().splitlines()[-1] == (
         f"stopped: {sig.name} at step {step}; last.pt written, continue with --resume")
-    assert _aim_closed(repo, _aim_hash(out))
+    assert aim_closed(repo, aim_hash_of(out))
 
-    _train(args, resume=True)
-    _same_as_reference(out, tiny_run)
+    train_in_process(args, resume=True)
+    same_as_reference(out, tiny_run)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -170,7 +130,7 @@ def test_signal_while_starting_is_one_line(tiny_encoder, tmp_path, monkeypatch, 
     # give this process Ctrl-C as a terminal would, for this test only.
     old_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        code, _, err = _main(capsys, tiny_args(tiny_encoder, tmp_path / "run"))
+        code, _, err = train_main(capsys, tiny_args(tiny_encoder, tmp_path / "run"))
     finally:
         signal.signal(signal.SIGINT, old_sigint)
     assert code == 130 and err == "stopped: interrupted while starting; nothing new to resume from\n"
@@ -203,7 +163,7 @@ def test_persistent_nan_stops_with_exit_3_keeping_the_good_checkpoint(tiny_encod
                                                                      precision):
     _poison(monkeypatch, range(3, 1000))
     out = tmp_path / "run"
-    code, stdout, err = _main(capsys, tiny_args(tiny_encoder, out, precision=precision, max_bad_steps=3))
+    code, stdout, err = train_main(capsys, tiny_args(tiny_encoder, out, precision=precision, max_bad_steps=3))
     assert code == 3
     assert err.strip().splitlines()[-1] == (f"stopped: step 5: 3 consecutive non-finite steps; stopping. "
                                             f"The last good checkpoints are kept in {out}")
@@ -219,7 +179,7 @@ def test_a_single_nan_step_is_skipped_and_training_goes_on(tiny_encoder, tmp_pat
     """fp16: the GradScaler skips it (and lowers its scale); otherwise train_step skips it."""
     _poison(monkeypatch, {1})
     out = tmp_path / "run"
-    _train(tiny_args(tiny_encoder, out, precision=precision))
+    train_in_process(tiny_args(tiny_encoder, out, precision=precision))
     assert "warning: step 1: non-finite loss or gradient, step skipped (1/5)" in capsys.readouterr().out
     ckpt = load_checkpoint(str(out / "last.pt"))
     assert ckpt["step"] == 6 and all(torch.isfinite(v).all() for v in ckpt["model"].values())

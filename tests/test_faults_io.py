@@ -17,7 +17,7 @@ import torch
 import train
 from conftest import SAMPLE, tiny_args
 from checkpoint import load_checkpoint
-from test_faults import _aim_closed, _aim_hash, _all_checkpoints_whole, _main, _same_as_reference, _train
+from conftest import aim_closed, aim_hash_of, all_checkpoints_whole, same_as_reference, train_in_process, train_main
 from tracking import TrackingError, make_tracker
 
 # ----------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def test_corrupt_last_pt_on_resume_is_one_line(tiny_encoder, tiny_run, tmp_path,
     out = tmp_path / "run"
     out.mkdir()
     needle = _corrupt(kind, tiny_run / "last.pt", out / "last.pt", tmp_path)
-    code, stdout, err = _main(capsys, tiny_args(tiny_encoder, out) + ["--resume"])
+    code, stdout, err = train_main(capsys, tiny_args(tiny_encoder, out) + ["--resume"])
     last_line = err.strip().splitlines()[-1]  # after transformers' progress bar where the model was built
     assert code == 2 and last_line.startswith(f"error: {out}/last.pt: ") and needle in last_line, err
     if kind != "other_model":  # refused before the data is read
@@ -118,7 +118,7 @@ def test_unwritable_aim_repo_is_refused_before_training(tiny_encoder, tmp_path, 
     else:
         repo.mkdir()
         repo.chmod(0o500)
-    code, out, err = _main(capsys, tiny_args(tiny_encoder, tmp_path / "run", aim="true", aim_repo=repo))
+    code, out, err = train_main(capsys, tiny_args(tiny_encoder, tmp_path / "run", aim="true", aim_repo=repo))
     assert code == 2 and err == (f"error: aim repo {repo}: cannot write there ({why}); set \"aim_repo\" "
                                  f"elsewhere or \"aim\": false\n")
     assert "data " not in out  # refused before the data was read
@@ -137,7 +137,7 @@ def test_aim_run_held_by_a_live_process_is_refused(tiny_encoder, tmp_path, capsy
             make_tracker(True, str(repo), "x", {}, run_hash=run_hash)
         out.mkdir()  # a fresh start where the previous attempt, still running, tracked to it
         json.dump({"aim_hash": run_hash, "aim_repo": str(repo)}, open(out / "run.json", "w"))
-        code, stdout, err = _main(capsys, tiny_args(tiny_encoder, out, aim="true", aim_repo=repo))
+        code, stdout, err = train_main(capsys, tiny_args(tiny_encoder, out, aim="true", aim_repo=repo))
         assert code == 2 and err == f"error: {needle}; is another training writing to the same out_dir?\n"
         assert "data " not in stdout  # refused before the data is read
         assert os.path.exists(os.path.join(repo, ".aim", "locks", f"{run_hash}.softlock"))  # left alone
@@ -157,31 +157,31 @@ def test_tracking_failure_mid_run_warns_once_and_training_goes_on(tiny_encoder, 
         return real_track(self, *a, **k)
     monkeypatch.setattr(aim.Run, "track", failing)
     out, repo = tmp_path / "run", tmp_path / "aim"
-    _train(tiny_args(tiny_encoder, out, aim="true", aim_repo=repo))
+    train_in_process(tiny_args(tiny_encoder, out, aim="true", aim_repo=repo))
     err = capsys.readouterr().err
     assert err.count("warning: aim tracking failed") == 1 and "Input/output error" in err
-    _same_as_reference(out, tiny_run)  # tracking never touches the training
-    assert _aim_closed(repo, _aim_hash(out))  # and the run is still closed at the end
+    same_as_reference(out, tiny_run)  # tracking never touches the training
+    assert aim_closed(repo, aim_hash_of(out))  # and the run is still closed at the end
 
 
 def test_run_json_unwritable_is_one_line_and_the_aim_run_is_closed(tiny_encoder, tmp_path, capsys):
     out, repo = tmp_path / "run", tmp_path / "aim"
     (out / "run.json").mkdir(parents=True)  # the first file written after the Aim run is opened
-    code, _, err = _main(capsys, tiny_args(tiny_encoder, out, aim="true", aim_repo=repo))
+    code, _, err = train_main(capsys, tiny_args(tiny_encoder, out, aim="true", aim_repo=repo))
     assert code == 4 and err.splitlines()[-1] == f"error: {out}/run.json: Is a directory"
     assert not list(out.glob("*.tmp"))  # the temporary file is gone
     (run_hash,) = [p.name for p in (repo / ".aim" / "meta" / "chunks").iterdir()]
-    assert _aim_closed(repo, run_hash)  # not left 'active' and locked for ever
+    assert aim_closed(repo, run_hash)  # not left 'active' and locked for ever
 
 
 def test_resume_with_a_changed_config_updates_the_aim_hparams(tiny_encoder, tmp_path):
     import aim
     out, repo = tmp_path / "run", tmp_path / "aim"
-    _train(tiny_args(tiny_encoder, out, aim="true", aim_repo=repo, max_steps=3))
-    _train(tiny_args(tiny_encoder, out, aim="true", aim_repo=repo, max_steps=5, lr=2e-4), resume=True)
+    train_in_process(tiny_args(tiny_encoder, out, aim="true", aim_repo=repo, max_steps=3))
+    train_in_process(tiny_args(tiny_encoder, out, aim="true", aim_repo=repo, max_steps=5, lr=2e-4), resume=True)
     subprocess.run([os.path.join(os.path.dirname(sys.executable), "aim"), "storage", "--repo", str(repo),
                     "reindex", "-y"], check=True, capture_output=True)  # read-only runs see the index only
-    hparams = aim.Run(run_hash=_aim_hash(out), repo=str(repo), read_only=True)["hparams"]
+    hparams = aim.Run(run_hash=aim_hash_of(out), repo=str(repo), read_only=True)["hparams"]
     assert hparams["lr"] == 2e-4 and hparams["max_steps"] == 5  # as run.json: the config it finished with
 
 
@@ -205,13 +205,13 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(tiny_encode
     monkeypatch.setattr(torch, "save", full_disk)
     out = tmp_path / "run"
     args = tiny_args(tiny_encoder, out)
-    code, _, err = _main(capsys, args)
+    code, _, err = train_main(capsys, args)
     assert code == 4 and err.strip().splitlines()[-1] == (
         f"stopped: {out}/last.pt: cannot write checkpoint (No space left on device); nothing was replaced: "
         f"free some space, then continue with --resume")
     assert load_checkpoint(str(out / "last.pt"))["step"] == 3 and not list(out.glob("*.tmp"))
-    _all_checkpoints_whole(out)
+    all_checkpoints_whole(out)
 
     monkeypatch.setattr(torch, "save", real_save)  # space was freed
-    _train(args, resume=True)
-    _same_as_reference(out, tiny_run)
+    train_in_process(args, resume=True)
+    same_as_reference(out, tiny_run)

@@ -5,15 +5,14 @@ import os
 import subprocess
 import sys
 
-from test_classifier import POLICIES
-from test_export import export_dir  # noqa: F401  (the shared session-scoped export)
+from conftest import POLICIES
 
 import model_card
 from conftest import ROOT
 from data import LABELS
 
 
-def test_export_writes_the_card(export_dir):  # noqa: F811
+def test_export_writes_the_card(export_dir):
     text = open(os.path.join(export_dir[0], "MODEL_CARD.md")).read()
     meta = json.load(open(os.path.join(export_dir[0], "export.json")))
     assert text.startswith("# Model card") and "## Intended use" in text
@@ -32,7 +31,7 @@ def test_export_writes_the_card(export_dir):  # noqa: F811
         assert needle in text, needle
 
 
-def test_policies_base_rates_and_calibration_when_present(export_dir):  # noqa: F811
+def test_policies_base_rates_and_calibration_when_present(export_dir):
     meta = json.load(open(os.path.join(export_dir[0], "export.json")))
     meta.update(default_policy="f1", policies=POLICIES, base_rates={"reweighted": True, "rates": {"toxic": 0.0958}},
                 calibration={"method": "platt", "a": {"toxic": 1.25}, "b": {"toxic": -2.5}})
@@ -44,7 +43,7 @@ def test_policies_base_rates_and_calibration_when_present(export_dir):  # noqa: 
     assert "a toxic 1.250; b toxic -2.500" in text and "training configuration is not recorded" in text
 
 
-def test_cli_rewrites_an_old_export(export_dir, tmp_path):  # noqa: F811
+def test_cli_rewrites_an_old_export(export_dir, tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "model_card.py"), export_dir[0], "--stdout"],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith("# Model card") and "Traceback" not in r.stderr

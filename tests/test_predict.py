@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-from test_export import export_dir  # noqa: F401  (the shared session-scoped export)
 
 import evaluate
 import predict
@@ -27,27 +26,15 @@ def json_lines(stdout):
     return [json.loads(line) for line in stdout.decode().splitlines()]
 
 
-def run_main(capsys, argv):
-    """predict.main in this process -> (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        predict.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
-def fp32(export_dir):  # noqa: F811
+def fp32(export_dir):
     return predict.load_model(export_dir[0], runtime="onnxruntime-fp32")
 
 
 # ----------------------------------------------------------------------------
 # the CLI, without torch
 
-def test_cli_text_in_json_out(export_dir):  # noqa: F811
+def test_cli_text_in_json_out(export_dir):
     r = run_cli(["--model", export_dir[0], "--json", "you are an idiot", "thanks for the edit"])
     assert r.returncode == 0, r.stderr.decode()
     rows = json_lines(r.stdout)
@@ -62,7 +49,7 @@ def test_cli_text_in_json_out(export_dir):  # noqa: F811
     assert f"on {chosen} ({why})" in r.stderr.decode()
 
 
-def test_prediction_never_imports_torch_or_transformers(export_dir, tmp_path):  # noqa: F811
+def test_prediction_never_imports_torch_or_transformers(export_dir, tmp_path):
     labelled = tmp_path / "labelled.csv"
     labelled.write_text(open(SAMPLE).read())
     script = (f"import sys; sys.path.insert(0, {ROOT!r}); import predict, evaluate\n"
@@ -75,7 +62,7 @@ def test_prediction_never_imports_torch_or_transformers(export_dir, tmp_path):  
     assert json_lines(r.stdout.split(b"\n", 1)[0])[0]["text"] == "you are an idiot"
 
 
-def test_short_comments_match_pytorch_on_training_tokens(export_dir, fp32, tiny_run):  # noqa: F811
+def test_short_comments_match_pytorch_on_training_tokens(export_dir, fp32, tiny_run):
     """A comment that fits is one window, the same tokens training saw: ONNX == PyTorch."""
     import torch
     from transformers import AutoTokenizer
@@ -100,7 +87,7 @@ TEXTS = ["short", "a much longer comment, with commas, \"quotes\" and\nno newlin
          "word " * 300, "Привет 世界", "you are an idiot"]
 
 
-def test_file_modes_and_order(export_dir, fp32, tmp_path, capsys):  # noqa: F811
+def test_file_modes_and_order(export_dir, fp32, tmp_path, capsys):
     flat = [t.replace("\n", " ") for t in TEXTS]  # one comment per line in .txt and stdin
     expected = predict.score(fp32, flat)
     (tmp_path / "c.txt").write_text("".join(t + "\n" for t in flat))
@@ -133,7 +120,7 @@ def test_batched_scores_equal_one_by_one(fp32):
     assert np.abs(batched - alone).max() <= 1e-5
 
 
-def test_submission_csv(export_dir, tmp_path, capsys):  # noqa: F811
+def test_submission_csv(export_dir, tmp_path, capsys):
     src = tmp_path / "in.csv"
     src.write_text("id,comment_text\nb2,hello\na1,\"you are, an idiot\"\n")
     sub = str(tmp_path / "sub.csv")
@@ -166,7 +153,7 @@ def test_huge_text_pieces_give_the_same_tokens(fp32):
     assert predict.encode_texts(fp32.tokenizer, [text])[0].tolist() == whole
 
 
-def test_signal_beyond_max_length_changes_the_score(export_dir, fp32):  # noqa: F811
+def test_signal_beyond_max_length_changes_the_score(export_dir, fp32):
     """Text after the first max_length tokens counts: the score is the max over every window, not
     the score of the comment truncated as in training."""
     from tokenizers import Tokenizer
@@ -197,7 +184,7 @@ def test_signal_beyond_max_length_changes_the_score(export_dir, fp32):  # noqa: 
 # ----------------------------------------------------------------------------
 # bad input: one line, non-zero exit where it is an error, never a traceback
 
-def test_odd_comments_are_scored(export_dir, capsys):  # noqa: F811
+def test_odd_comments_are_scored(export_dir, capsys):
     texts = ["", "   ", "\t\n", "🙂🙂🙂", "Привет 世界 مرحبا שלום नमस्ते", "\x00\x07 bell", "a\u2028b"]
     code, out, _ = run_main(capsys, ["--model", export_dir[0], "--json", *texts])
     assert code == 0 and [json.loads(line)["text"] for line in out.splitlines()] == texts
@@ -205,7 +192,7 @@ def test_odd_comments_are_scored(export_dir, capsys):  # noqa: F811
     assert code == 0 and len(out.splitlines()) == len(texts) + 1
 
 
-def test_megabyte_comment_and_ten_megabyte_line(export_dir, tmp_path, capsys):  # noqa: F811
+def test_megabyte_comment_and_ten_megabyte_line(export_dir, tmp_path, capsys):
     words = ("you are an idiot 🙂 Привет 世界 thanks " * 40000)[:1_000_000]
     (tmp_path / "big.txt").write_text(words + "\n" + ("A" * 5000 + " ") * 2000 + "\n")
     code, out, err = run_main(capsys, ["--model", export_dir[0], "--json", "--file", str(tmp_path / "big.txt")])
@@ -214,7 +201,7 @@ def test_megabyte_comment_and_ten_megabyte_line(export_dir, tmp_path, capsys):  
     assert [len(o["text"]) for o in rows] == [1_000_000, 10_002_000] and "scoring [" in err
 
 
-def test_invalid_utf8_is_replaced_and_counted(export_dir, tmp_path, capsys):  # noqa: F811
+def test_invalid_utf8_is_replaced_and_counted(export_dir, tmp_path, capsys):
     (tmp_path / "bad.txt").write_bytes(b"ok\nbad \xff\xfe here\n\xc3\n")
     code, out, err = run_main(capsys, ["--model", export_dir[0], "--json", "--file", str(tmp_path / "bad.txt")])
     assert code == 0 and "3 invalid UTF-8 byte sequence(s) replaced" in err
@@ -223,7 +210,7 @@ def test_invalid_utf8_is_replaced_and_counted(export_dir, tmp_path, capsys):  # 
     assert r.returncode == 0 and b"stdin: 1 invalid UTF-8" in r.stderr and len(r.stdout.splitlines()) == 2
 
 
-def test_binary_junk_on_stdin(export_dir):  # noqa: F811
+def test_binary_junk_on_stdin(export_dir):
     junk = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
     r = run_cli(["--model", export_dir[0], "-"], stdin=junk)
     assert r.returncode == 0 and b"Traceback" not in r.stderr and b"invalid UTF-8" in r.stderr
@@ -245,7 +232,7 @@ def test_binary_junk_on_stdin(export_dir):  # noqa: F811
     (None, None, ["--file", "x.txt", "also a comment"], "not both"),
     (None, None, ["--runtime", "tpu", "x"], "--runtime 'tpu': choose one of auto, openvino, onnxruntime-int8"),
 ])
-def test_bad_input_is_one_line(export_dir, tmp_path, capsys, monkeypatch,  # noqa: F811
+def test_bad_input_is_one_line(export_dir, tmp_path, capsys, monkeypatch,
                                name, content, argv, expect):
     monkeypatch.chdir(tmp_path)
     if name:
@@ -256,7 +243,7 @@ def test_bad_input_is_one_line(export_dir, tmp_path, capsys, monkeypatch,  # noq
     assert err.strip().splitlines() == [err.strip()] and err.startswith("error: ") and expect in err, err
 
 
-def test_repeated_ids_are_fine_without_a_submission(export_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_repeated_ids_are_fine_without_a_submission(export_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # several comments of one user, say: a table or JSON lines keep them all
     (tmp_path / "dup.csv").write_text("id,comment_text\nu1,x\nu1,y\n")
     code, out, err = run_main(capsys, ["--model", export_dir[0], "--json", "--file", "dup.csv"])
@@ -268,7 +255,7 @@ def test_no_arguments_prints_usage():
     assert r.returncode != 0 and r.stderr.startswith(b"usage: ") and b"Traceback" not in r.stderr
 
 
-def test_bad_model_folders(export_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_bad_model_folders(export_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no exports/ here
     code, _, err = run_main(capsys, ["x"])
     assert code != 0 and "no model under exports/" in err and "python export.py" in err
@@ -293,7 +280,7 @@ def test_bad_model_folders(export_dir, tmp_path, capsys, monkeypatch):  # noqa: 
 # ----------------------------------------------------------------------------
 # evaluate.py
 
-def test_evaluate_auc_matches_sklearn(export_dir, tmp_path, capsys):  # noqa: F811
+def test_evaluate_auc_matches_sklearn(export_dir, tmp_path, capsys):
     from sklearn.metrics import f1_score, roc_auc_score
 
     from data import read_csv
@@ -323,7 +310,7 @@ def test_evaluate_auc_matches_sklearn(export_dir, tmp_path, capsys):  # noqa: F8
     assert sub[0] == ["id", *LABELS] and [r[0] for r in sub[1:]] == ids
 
 
-def test_a_file_streams_block_by_block_in_input_order(export_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_a_file_streams_block_by_block_in_input_order(export_dir, tmp_path, capsys, monkeypatch):
     """Blocks of 3 comments: the same rows, scores and order as one block, and the submission is whole."""
     texts = [f"comment number {i} " + "you idiot " * (i % 4) for i in range(10)]
     (tmp_path / "c.txt").write_text("\n".join(texts) + "\n")
@@ -340,7 +327,7 @@ def test_a_file_streams_block_by_block_in_input_order(export_dir, tmp_path, caps
     assert rows[0] == ["id", *LABELS] and [r[0] for r in rows[1:]] == [str(i) for i in range(10)]
 
 
-def test_a_repeated_id_in_a_later_block_leaves_no_submission(export_dir, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_a_repeated_id_in_a_later_block_leaves_no_submission(export_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(predict, "BLOCK", 2)
     (tmp_path / "c.csv").write_text("id,comment_text\na,x\nb,y\nc,z\na,again\n")
     code, _, err = run_main(capsys, ["--model", export_dir[0], "--file", str(tmp_path / "c.csv"),

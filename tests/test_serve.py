@@ -12,7 +12,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from test_export import export_dir  # noqa: F401  (the shared session-scoped export)
 
 from classifier import Classifier
 from conftest import ROOT
@@ -56,14 +55,14 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(export_dir):  # noqa: F811
+def server(export_dir):
     s = Server(export_dir[0], "--batch_wait_ms", "50", "--max_chars", "2000000")
     yield s
     s.stop()
 
 
 @pytest.fixture(scope="module")
-def api(export_dir):  # noqa: F811
+def api(export_dir):
     return Classifier(export_dir[0], runtime="onnxruntime-fp32")
 
 
@@ -111,7 +110,7 @@ def test_perspective_shape_field_by_field(server, api):
         assert abs(max(s["score"]["value"] for s in a["spanScores"]) - a["summaryScore"]["value"]) <= 1e-7
 
 
-def test_health_and_model(server, export_dir):  # noqa: F811
+def test_health_and_model(server, export_dir):
     code, body = server.request("GET", "/health")
     assert code == 200 and body["status"] == "ok" and body["in_flight"] == 0
     code, body = server.request("GET", "/v1/model")
@@ -201,7 +200,7 @@ def test_malformed_json_big_bodies_and_wrong_routes(server):
 # ----------------------------------------------------------------------------
 # start-up errors and SIGTERM
 
-def test_sigterm_answers_every_request_in_flight(export_dir, api):  # noqa: F811
+def test_sigterm_answers_every_request_in_flight(export_dir, api):
     """12 requests are held in one batch (a long --batch_wait_ms); SIGTERM arrives while they wait: every one
     is answered, right, and the server exits as a SIGTERM'd process does, after saying so."""
     s = Server(export_dir[0], "--batch_wait_ms", "3000")
@@ -223,7 +222,7 @@ def test_sigterm_answers_every_request_in_flight(export_dir, api):  # noqa: F811
     assert "stopped after" in "".join(s.lines) and "Traceback" not in "".join(s.lines)
 
 
-def test_startup_errors_are_one_line(export_dir, tmp_path):  # noqa: F811
+def test_startup_errors_are_one_line(export_dir, tmp_path):
     r = subprocess.run([sys.executable, SERVE, "--model", str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ") and "no such folder" in r.stderr
     s = Server(export_dir[0])
@@ -237,7 +236,7 @@ def test_startup_errors_are_one_line(export_dir, tmp_path):  # noqa: F811
     assert r.returncode == 2 and "--max_texts must be >= 1" in r.stderr
 
 
-def test_serve_load_quick(export_dir, tmp_path):  # noqa: F811
+def test_serve_load_quick(export_dir, tmp_path):
     """bench/serve_load.py --quick on the tiny export: every level, the baseline and the targets, and no
     request lost (structure only: no timing is asserted)."""
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "serve_load.py"), "--model", export_dir[0],

@@ -15,14 +15,6 @@ from conftest import ROOT, SHARED_TRAIN, run_train, tiny_args
 from checkpoint import load_checkpoint
 
 
-def _weights(path):
-    return load_checkpoint(str(path))["model"]
-
-
-def _max_diff(a, b):
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-
-
 def test_short_run_writes_checkpoints_predictions_and_aim_run(tiny_encoder, tmp_path):
     out, repo = tmp_path / "run", tmp_path / "aim"
     r = run_train(tiny_args(tiny_encoder, out, aim="true", aim_repo=repo, max_steps=4, eval_every=2))
@@ -84,7 +76,7 @@ def test_killed_during_checkpoint_write_then_resumed_gives_the_same_weights(tiny
     assert load_checkpoint(str(out / "last.pt"))["step"] == 3  # the old checkpoint is intact
     r = run_train(tiny_args(tiny_encoder, out, **args) + ["--resume"])
     assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-2000:]
-    assert _max_diff(_weights(ref / "last.pt"), _weights(out / "last.pt")) <= 1e-6
+    assert max_diff(weights_of(ref / "last.pt"), weights_of(out / "last.pt")) <= 1e-6
     assert load_checkpoint(str(ref / "best.pt"))["metrics"] == load_checkpoint(str(out / "best.pt"))["metrics"]
 
 
@@ -140,8 +132,8 @@ def test_accumulation_equals_one_big_batch(tiny_encoder, tmp_path):
         cfg, _ = load_config(tiny_args(tiny_encoder, tmp_path / f"b{bs}", batch_size=bs, accum_steps=accum,
                                        dropout=0.0, max_steps=3, eval_every=3))
         train(cfg)
-        results[bs] = _weights(tmp_path / f"b{bs}" / "last.pt")
-    assert _max_diff(results[8], results[2]) <= 1e-5
+        results[bs] = weights_of(tmp_path / f"b{bs}" / "last.pt")
+    assert max_diff(results[8], results[2]) <= 1e-5
 
 
 def test_validation_reads_eval_max_length_tokens_training_max_length(tiny_encoder, tmp_path, monkeypatch):
