@@ -14,6 +14,8 @@ PERSPECTIVE = {"TOXICITY": "toxic", "SEVERE_TOXICITY": "severe_toxic", "PROFANIT
 
 
 class RequestError(Exception):
+    """A request that cannot be answered: its HTTP status, the field at fault, and a message naming it."""
+
     def __init__(self, code, field, message):
         super().__init__(message)
         self.code, self.field = code, field

@@ -144,7 +144,7 @@ def model_config(model, encoder_name, dropout, labels):
 
 def model_from_checkpoint(ckpt):
     """Rebuild from a checkpoint dict alone: the architecture from its config, the validated weights from its
-    state (which its metrics and thresholds describe)."""
+    state (which its metrics describe)."""
     from transformers import AutoConfig, AutoModel  # heavy: imported where a model is built
     mc = ckpt["model_config"]
     encoder = AutoModel.from_config(AutoConfig.for_model(**dict(mc["encoder_config"])))

@@ -147,7 +147,8 @@ def bootstrap(groups, labels, resamples, seed):
         for g in groups:
             for run in g["runs"]:
                 aucs[g["letter"]][start:start + r] += weighted_label_aucs(run["probs"], labels, counts)
-                f1s[g["letter"]][start:start + r] += weighted_f1(run["probs"], labels, run["thresholds"], counts)[0].mean(1)
+                f1s[g["letter"]][start:start + r] += weighted_f1(run["probs"], labels, run["thresholds"], counts,
+                                                                     resamples=True)[0].mean(1)
     draws = {}
     for g in groups:
         label_auc = aucs[g["letter"]] / len(g["runs"])  # (R,L), nan where the label had one class

@@ -201,9 +201,6 @@ def export(ckpt_path, out, quantize=None, check_rows=CHECK_ROWS, base_rates=None
     base_rates (a string as config's base_rates; None: the checkpoint's) and the targets set the decisions."""
     ckpt = load_checkpoint(ckpt_path)
     cfg, names = ckpt["config"], ckpt["model_config"]["labels"]
-    if "optimizer" in ckpt:  # last.pt: weights of its last step, metrics of its last evaluation
-        print(f"warning: {ckpt_path}: a last.pt with training state; best.pt holds the validated weights",
-              file=sys.stderr)
     fitted = fit_decisions(ckpt, ckpt_path, base_rates, target_precision, target_recall)
     thresholds = [fitted["policies"]["f1"]["thresholds"][n] for n in names]  # the default policy's
     model = model_from_checkpoint(ckpt)

@@ -3,7 +3,8 @@
     from metrics import compute_metrics, format_metrics, weighted_f1, weighted_label_aucs
     m = compute_metrics(probs, labels, names, thresholds)   # probs, labels: (N, L); names: the L label names
     weighted_label_aucs(probs, labels, counts)              # counts (R, N): R bootstrap resamples at once
-    f1, micro = weighted_f1(probs, labels, thresholds, w)   # w: (N, L) base-rate weights, or (R, N) resamples
+    f1, micro = weighted_f1(probs, labels, thresholds, w)   # w: (N, L) weights per row and label (base rates)
+    f1s, micros = weighted_f1(probs, labels, thresholds, counts, resamples=True)   # counts (R, N): R at once
 """
 import math
 
@@ -43,14 +44,14 @@ def label_aucs(probs, labels):
     return weighted_label_aucs(probs, labels, np.ones((1, len(labels))))[0]
 
 
-def weighted_f1(probs, labels, thresholds, weights):
+def weighted_f1(probs, labels, thresholds, weights, resamples=False):
     """F1 per label of probs >= thresholds, and micro F1, with weighted rows. weights (N, L): a weight per row and
-    label (base-rate weights) -> (L,), scalar; or (R, N): R weightings of the rows at once (bootstrap counts)
-    -> (R, L), (R,). 0 where a label has neither positives nor flags (scikit-learn's zero_division=0)."""
+    label (base-rate weights) -> (L,), scalar; with resamples, (R, N): R weightings of the rows at once (bootstrap
+    counts) -> (R, L), (R,). 0 where a label has neither positives nor flags (scikit-learn's zero_division=0)."""
     pred = (probs >= np.asarray(thresholds, dtype=np.float64)[None, :]).astype(np.float64)  # (N,L)
     y = labels.astype(np.float64)
     w = np.asarray(weights, dtype=np.float64)
-    if w.shape == y.shape:  # per row and label
+    if not resamples:  # per row and label
         tp, fp, fn = (w * pred * y).sum(0), (w * pred * (1 - y)).sum(0), (w * (1 - pred) * y).sum(0)
     else:  # (R,N) @ (N,L) -> (R,L)
         tp, fp, fn = w @ (pred * y), w @ (pred * (1 - y)), w @ ((1 - pred) * y)

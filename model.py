@@ -3,7 +3,7 @@ nn.Module: token ids and mask in, logits out; no tokenizer and no I/O (checkpoin
 It imports torch and nothing of this project's, so it can be copied alone.
 
     from checkpoint import build_model
-    model = build_model("sentence-transformers/all-MiniLM-L6-v2", pooling="mean", num_labels=6)  # a ToxicClassifier
+    model = build_model("sentence-transformers/all-MiniLM-L6-v2", "mean", 0.1, LABELS)   # a ToxicClassifier
     logits = model(input_ids, attention_mask)                                       # (B,T) -> (B,num_labels)
 """
 from contextlib import nullcontext

@@ -126,14 +126,14 @@ def card(meta, cfg=None):
         "- One domain: Wikipedia talk pages of about 2017-2018. Other forums, slang, newer terms and "
         "reclaimed words score less reliably.\n"
         "- The raters' labels carry their biases: comments that merely mention an identity group are known to "
-        "score higher on this data (identity_hate, toxic).\n"
-        "- Rare labels (threat, identity_hate, severe_toxic) have few validation examples: their thresholds and "
+        "score higher on Jigsaw's data.\n"
+        "- Rare labels (the smallest base rates above) have few validation examples: their thresholds and "
         "F1 are the least certain.\n"
         "- Long comments are scored as overlapping windows, each label the max over them: one bad passage "
         "flags the whole comment, and the span says which window.",
         "## Versions",
-        ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) + f"; export format "
-        f"{meta['format_version']}, opset {meta.get('opset', 'n/a')}.",
+        ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + f"; export format "
+        f"{meta['format_version']}, opset {meta['opset']}.",
     ]
     return "\n\n".join(parts) + "\n"
 

@@ -1,10 +1,10 @@
 """Score comments with a model exported by export.py: OpenVINO or onnxruntime, tokenizers and numpy; no torch.
 
-    python predict.py "you are an idiot" "thanks for the edit"     # a table: 6 probabilities + labels
+    python predict.py "you are an idiot" "thanks for the edit"     # a table: a probability per label + labels
     python predict.py --json "you are an idiot"                    # one JSON object per line
     python predict.py --file comments.txt                          # one comment per line
     cat comments.txt | python predict.py -                         # the same from stdin
-    python predict.py --file test.csv --out submission.csv         # Kaggle submission: id + 6 labels
+    python predict.py --file test.csv --out submission.csv         # Kaggle submission: id + a column per label
     python predict.py --model exports/mini --runtime onnxruntime-fp32 --file comments.jsonl
     python predict.py --policy precision --thresholds threat=0.2 "I will find you"   # other decisions
 
@@ -135,7 +135,7 @@ def main(argv=None):
     p.add_argument("comments", nargs="*", help="comments to score; '-' reads stdin, one comment per line")
     p.add_argument("--file", help=".txt (one per line), .csv (comment_text[, id]), .jsonl (text[, id]) or -")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
-    p.add_argument("--out", help="also write a Kaggle submission CSV (id + 6 label columns)")
+    p.add_argument("--out", help="also write a Kaggle submission CSV (id + a column per label)")
     p.add_argument("--model", help="export folder (default: the newest under exports/)")
     p.add_argument("--runtime", default="auto", help="auto (the fastest for this CPU), openvino, onnxruntime-int8 "
                                                      "or onnxruntime-fp32")

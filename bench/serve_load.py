@@ -45,7 +45,7 @@ def comments(path, n, seed=0):
     import numpy as np
 
     from data import read_csv
-    texts = read_csv(path).texts
+    texts = read_csv(path, names=()).texts  # comment_text alone: any CSV with it will do
     idx = np.random.default_rng(seed).permutation(len(texts))[:n]
     return [texts[i] for i in idx]
 
@@ -195,10 +195,10 @@ def run(argv=None):
     for flag in ("comments", "requests"):
         if getattr(args, flag) < 1:
             raise BenchError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    import predict
-    predict.read_meta(args.model)  # a bad folder: one line before anything starts
+    from common import sigterm_as_interrupt
+    from scoring import read_meta
+    read_meta(args.model)  # a bad folder: one line before anything starts
     texts = comments(args.data, args.comments)
-    from errors import sigterm_as_interrupt
     with sigterm_as_interrupt():  # a stopped benchmark stops its server too
         server = ServerProcess(args.model, args.runtime, args.serve_args)
         try:

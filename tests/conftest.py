@@ -58,7 +58,7 @@ def tiny_args(encoder, out_dir, **overrides):
     return [x for k, v in args.items() for x in (f"--{k}", str(v))]
 
 
-def runtrain_in_process(args, **kw):
+def run_train(args, **kw):
     """train.py as a subprocess, the way a user runs it."""
     return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT,
                           capture_output=True, text=True, **kw)
@@ -68,7 +68,7 @@ def runtrain_in_process(args, **kw):
 def tiny_run(tiny_encoder, tmp_path_factory):
     """A finished tiny training run (CLS pooling): its folder holds best.pt, last.pt, val_predictions.npz."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    r = runtrain_in_process(tiny_args(tiny_encoder, out))
+    r = run_train(tiny_args(tiny_encoder, out))
     assert r.returncode == 0, r.stderr[-2000:]
     return out
 

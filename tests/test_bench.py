@@ -1,6 +1,8 @@
 """bench/: each benchmark's --quick mode (tiny random model, sample data, a handful of steps) runs as a
 subprocess and writes a well-formed Markdown table and JSON. Structure only: timings are never asserted
 (DEVELOPERS.md), only what holds on any machine (padding, parity, one-line errors)."""
+import ast
+import importlib
 import json
 import os
 import shutil
@@ -10,8 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, SAMPLE
-from data import LABELS
+from conftest import LABELS, ROOT, SAMPLE
 
 VERDICTS = {"met", "missed", "n/a", "reported"}
 
@@ -113,6 +114,31 @@ def test_gpu_step_quick(tmp_path):
     assert v[0]["padding_fraction"] > v[1]["padding_fraction"] and v[2]["compile"] and v[4]["compile"]
     assert [x["batch_size"] for x in v] == [4, 4, 4, 16, 16] and all(x["fused_adamw"] for x in v)
     assert v[4]["pad_multiple"] == 64 and v[4]["graphs_warmup"] >= 1 and v[1]["graphs_warmup"] == 0
+
+
+def test_calibration_quick(tmp_path):
+    """A tiny run's decisions before and after calibration, cross-fitted: a row per figure and rates, every label."""
+    stdout, data = run_bench("calibration", tmp_path)
+    (run,) = data["runs"].values()
+    for rates in ("enriched", "kaggle"):
+        assert set(run["cross_fitted"][rates]) == {"f1_before", "f1_after", "f1_argmax", "f1_oracle", "ece_before",
+                                                   "ece_after"}
+        assert all(len(v) == len(LABELS) for v in run["cross_fitted"][rates].values())
+    assert set(run["policies"]) == {"f1", "precision", "recall"} and set(run["calibration"]["a"]) == set(LABELS)
+    (header, rows), (p_header, p_rows) = tables(stdout)
+    assert header == ["rates", "figure", *LABELS, "mean"] and len(rows) == 8
+    assert p_header == ["policy", "label", "threshold", "precision", "recall"] and len(p_rows) == 3 * len(LABELS)
+
+
+def test_serve_load_quick(tmp_path, export_dir):
+    """serve.py under every level of clients: each request answered once, as the API scores it."""
+    stdout, data = run_bench("serve_load", tmp_path, "--model", export_dir[0])
+    assert [lv["clients"] for lv in data["levels"]] == [1, 8, 32, 128]
+    for run in data["levels"] + [data["rss_run"]]:
+        assert run["requests"] == run["ok"] == run["scored"] > 0
+        assert run["max_abs_diff"] < 0.05  # int8 moves with the batch; fp32 would be ~1e-6
+    assert data["targets"] and all(t["verdict"] in VERDICTS for t in data["targets"])
+    assert tables(stdout)[0][0][0] == "load"
 
 
 def test_missing_checkpoint_is_one_line(tmp_path):
@@ -307,8 +333,8 @@ def test_quality_runs_rescores_a_finished_run(tmp_path):
 def test_a_stopped_training_in_a_benchmark_exits_as_train_py_does(capsys, kind, code, line):
     """A 60-minute quality run stopped by SIGTERM says so in one line with train.py's code, no traceback."""
     sys.path.insert(0, os.path.join(ROOT, "bench"))
-    from common import main_guard
-    from errors import Stopped
+    from common import Stopped
+    from harness import main_guard
     exc = {"stopped": Stopped("SIGTERM at step 7; last.pt written, continue with --resume", 143),
            "ctrl-c": KeyboardInterrupt(), "disk": OSError(28, "No space left on device", "out.json")}[kind]
 
@@ -326,3 +352,77 @@ def test_gpu_profile_quick(tmp_path):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
     data = json.load(open(tmp_path / "gpu_profile.quick.json"))
     assert [v["steps"] for v in data["variants"]] == [2, 2] and all(v["syncs_per_step"] == 0 for v in data["variants"])
+
+
+# ----------------------------------------------------------------------------
+# what the bench takes from the project
+
+
+def bench_sources():
+    """Every bench script, and the scripts it runs with `python -c` (module-level *_SCRIPT strings) -> (name, ast)."""
+    for f in sorted(os.listdir(os.path.join(ROOT, "bench"))):
+        if f.endswith(".py"):
+            tree = ast.parse(open(os.path.join(ROOT, "bench", f), encoding="utf-8").read(), f)
+            yield f, tree
+            for node in tree.body:
+                if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                        and any(isinstance(t, ast.Name) and t.id.endswith("_SCRIPT") for t in node.targets)):
+                    yield f"{f}:{node.targets[0].id}", ast.parse(node.value.value)
+
+
+def defined_in(module):
+    """The names a project module defines itself (def, class, assignment at its top level): not the ones it
+    imports, so a name that moved away (data.LABELS, now common's) is not found where it was."""
+    tree = ast.parse(open(os.path.join(ROOT, f"{module}.py"), encoding="utf-8").read())
+    names, todo = set(), list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            todo += node.body + getattr(node, "orelse", []) + getattr(node, "finalbody", [])
+            todo += [x for h in getattr(node, "handlers", []) for x in h.body]
+    return names
+
+
+def test_bench_uses_only_names_the_project_has_and_patches_none():
+    """Each name the bench imports from a project module (or reads off one: predict.score) is defined there, every
+    module it imports exists; nothing comes from tests/, and no project module's attribute is assigned (a patched
+    module measures something else)."""
+    import importlib.util
+    project = {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")}
+    bench = {f[:-3] for f in os.listdir(os.path.join(ROOT, "bench")) if f.endswith(".py")}
+    known = lambda m: m in project or m in bench or importlib.util.find_spec(m) is not None  # noqa: E731
+    missing, patched, from_tests = [], [], []
+    for name, tree in bench_sources():
+        modules = {}  # local name -> project module, for `import X [as Y]`
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    top = a.name.split(".")[0]
+                    from_tests += [name] if top in ("conftest", "tests") else []
+                    missing += [] if known(top) else [f"{name}: import {a.name}"]
+                    if a.name in project:
+                        modules[a.asname or a.name] = a.name
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                top = node.module.split(".")[0]
+                from_tests += [name] if top in ("conftest", "tests") else []
+                missing += [] if known(top) else [f"{name}: from {node.module} import ..."]
+                if node.module in project:
+                    missing += [f"{name}: from {node.module} import {a.name}" for a in node.names
+                                if a.name not in defined_in(node.module)]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+                mod = modules[node.value.id]
+                if isinstance(node.ctx, ast.Store):
+                    patched.append(f"{name}: {mod}.{node.attr} assigned")
+                elif node.attr not in defined_in(mod):
+                    missing.append(f"{name}: {mod}.{node.attr}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr":
+                patched.append(f"{name}: setattr at line {node.lineno}")
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and "conftest" in node.value:
+                from_tests.append(name)
+    assert not missing and not patched and not from_tests, (missing, patched, from_tests)

@@ -1,17 +1,29 @@
-"""classifier.Classifier, the Python API: its dicts against predict.score, spans over long comments, and
-decision policies (issue 25's export.json keys: export.py's own, and a hand-written set with known values):
-defaults, overrides, and one-line errors naming the argument or flag."""
+"""classifier.Classifier, the Python API: its dicts against scoring.score_texts, spans over long comments, and
+decision policies (export.json format_version 2: export.py's own, and a hand-written set with known values):
+defaults, overrides, and one-line errors naming the argument or flag; a format_version 1 export is refused."""
 import json
 import shutil
 
 import numpy as np
 import pytest
-from conftest import run_main
+from conftest import POLICIES, run_main
 
-import predict
+import scoring
 from classifier import Classifier, PolicyError, resolve_thresholds
-from data import LABELS
-from errors import UsageError
+from common import LABELS, UsageError
+
+
+def version_1_export(export_dir, dest):
+    """A copy of the tiny export with export.json as the previous export.py wrote it: format_version 1,
+    top-level thresholds and default_model, no policies, calibration or base rates -> its export.json path."""
+    shutil.copytree(export_dir, dest)
+    meta = json.load(open(dest / "export.json"))
+    old = {k: v for k, v in meta.items() if k not in ("policies", "default_policy", "calibration", "base_rates",
+                                                      "validation_at_base_rates")}
+    old.update(format_version=1, thresholds=meta["policies"]["f1"]["thresholds"], default_model="int8")
+    json.dump(old, open(dest / "export.json", "w"))
+    return dest / "export.json"
+
 
 @pytest.fixture(scope="module")
 def clf(export_dir):
@@ -20,14 +32,20 @@ def clf(export_dir):
 
 @pytest.fixture(scope="module")
 def policy_export(export_dir, tmp_path_factory):
-    """The tiny export with issue 25's keys added by hand (default_policy recall, so the default shows)."""
+    """A valid format_version 2 export with conftest's POLICIES (known values) and default_policy recall, so the
+    default shows: export_dir's export.json edited; the calibration, base rates and validation keep their shape
+    (the calibration's a and b are the export's own, the map inside its graph)."""
     out = tmp_path_factory.mktemp("policies") / "tiny"
     shutil.copytree(export_dir[0], out)
     meta = json.load(open(out / "export.json"))
-    meta.update(thresholds=POLICIES["f1"]["thresholds"], default_policy="recall", policies=POLICIES,
-                base_rates={"source": "kaggle", "rates": dict.fromkeys(LABELS, 0.01)},
-                calibration={"method": "temperature"})
+    cal = meta["calibration"]
+    meta.update(default_policy="recall", policies=POLICIES,
+                calibration={"method": "platt", "a": {n: cal["a"][n] for n in LABELS},
+                             "b": {n: cal["b"][n] for n in LABELS}, "applied": cal["applied"]},
+                base_rates={"reweighted": True, "rates": dict.fromkeys(LABELS, 0.01)},
+                validation_at_base_rates=meta["validation_at_base_rates"])
     json.dump(meta, open(out / "export.json", "w"))
+    assert scoring.read_meta(str(out))["policies"] == POLICIES  # valid: read as any export
     return str(out)
 
 
@@ -37,10 +55,12 @@ def policy_export(export_dir, tmp_path_factory):
 def test_predict_matches_score_and_thresholds(clf):
     texts = ["you are an idiot", "", "🙂🙂 Привет 世界", "thanks " * 700, "\ud800 lone surrogate"]
     got = clf.predict(texts)
-    ref = predict.score(clf.model, [t.replace("\ud800", "\ufffd") for t in texts], progress=False)
+    ref = scoring.score_texts(clf.model, [t.replace("\ud800", "\ufffd") for t in texts], progress=False)
     assert [list(r["scores"]) for r in got] == [list(LABELS)] * len(texts)
     assert np.abs(np.array([[r["scores"][n] for n in LABELS] for r in got]) - ref).max() <= 1e-6
-    th = clf.meta["thresholds"]
+    th = dict(zip(LABELS, clf.default_thresholds))  # the served thresholds: the default policy's
+    assert clf.default_thresholds == resolve_thresholds(clf.meta) and clf.meta["default_policy"] == "f1"
+    assert th == clf.meta["policies"]["f1"]["thresholds"]
     for r in got:
         assert r["labels"] == [n for n in LABELS if r["scores"][n] >= th[n]]
         assert set(r["spans"]) == set(r["labels"])
@@ -68,8 +88,8 @@ def test_spans_point_at_the_window_that_scored(clf):
 
 def test_huge_comment_offsets_cross_tokenizer_pieces(clf):
     text = "x" * 10 + " " + "word " * 20000 + "idiot"  # 100k characters: several tokenizer pieces
-    assert len(predict.split_text(text)) > 1
-    ids, offsets = predict.encode_texts(clf.model.tokenizer, [text], offsets=True)
+    assert len(scoring.split_text(text)) > 1
+    ids, offsets = scoring.encode_texts(clf.model.tokenizer, [text], offsets=True)
     assert len(ids[0]) == len(offsets[0]) and offsets[0][-1].tolist() == [len(text) - 5, len(text)]
     assert {text[b:e] for b, e in offsets[0] if b > 10} == {"word", "idiot"}  # after the x's word pieces
     assert (np.diff(offsets[0][:, 0]) > 0).all()
@@ -79,17 +99,17 @@ def test_huge_comment_offsets_cross_tokenizer_pieces(clf):
 # policies and thresholds
 
 def test_default_and_chosen_policies(policy_export):
-    meta = predict.read_meta(policy_export)
+    meta = scoring.read_meta(policy_export)
     assert resolve_thresholds(meta) == [POLICIES["recall"]["thresholds"][n] for n in LABELS]  # default_policy
     assert resolve_thresholds(meta, "f1") == [POLICIES["f1"]["thresholds"][n] for n in LABELS]
     assert resolve_thresholds(meta, "f1", 0.3) == [0.3] * 6
     got = resolve_thresholds(meta, "precision", named={"severe_toxic": 0.6, "threat": 0.7})
     assert got == [0.8, 0.6, 0.85, 0.7, 0.8, 0.9]
     assert resolve_thresholds(meta, "precision", every=0.5, named={"toxic": 0.1}) == [0.1] + [0.5] * 5
-    old = dict(meta)
-    for k in ("policies", "default_policy"):
-        old.pop(k)
-    assert resolve_thresholds(old) == [meta["thresholds"][n] for n in LABELS]  # an export from before policies
+    assert Classifier(policy_export, runtime="onnxruntime-fp32").default_thresholds == resolve_thresholds(meta)
+    with pytest.raises(PolicyError) as e:  # a default that is not among the policies: refused, naming the key
+        resolve_thresholds(dict(meta, default_policy="strict"))
+    assert str(e.value) == "export.json: default_policy 'strict' is not among its policies (f1, precision, recall)"
 
 
 @pytest.mark.parametrize("policy, thresholds, expect", [
@@ -111,19 +131,16 @@ def test_api_errors_name_the_argument(policy_export, policy, thresholds, expect)
     assert isinstance(e.value, UsageError) and expect in str(e.value) and "\n" not in str(e.value)
 
 
-def test_policy_on_an_export_without_policies(export_dir, tmp_path):
-    """An export from before the policies (its keys removed here) decides at its thresholds, and says why a
-    policy cannot be used."""
-    shutil.copytree(export_dir[0], tmp_path / "old")
-    meta = json.load(open(tmp_path / "old" / "export.json"))
-    for k in ("policies", "default_policy", "base_rates", "calibration", "validation_at_base_rates"):
-        meta.pop(k)
-    json.dump(meta, open(tmp_path / "old" / "export.json", "w"))
-    old = Classifier(str(tmp_path / "old"), runtime="onnxruntime-fp32")
-    assert old.predict(["x"])[0]["labels"] == [n for n in LABELS if old.predict(["x"])[0]["scores"][n]
-                                               >= meta["thresholds"][n]]
-    with pytest.raises(PolicyError, match="policy 'f1': this export has no decision policies; re-export it"):
-        old.predict(["x"], policy="f1")
+def test_a_format_version_1_export_is_refused(export_dir, tmp_path):
+    """An export from before format_version 2 (top-level thresholds, no policies) is not misread: Classifier
+    raises one line naming its export.json and saying to re-export it."""
+    path = version_1_export(export_dir[0], tmp_path / "old")
+    with pytest.raises(scoring.ModelError) as e:
+        Classifier(str(tmp_path / "old"), runtime="onnxruntime-fp32")
+    msg = str(e.value)
+    assert isinstance(e.value, UsageError) and "\n" not in msg
+    assert msg == (f"{path}: format_version 1, this project reads version 2: re-export it with this project's "
+                   f"export.py"), msg
 
 
 def test_the_exports_own_policies_decide(clf, export_dir):
@@ -141,10 +158,7 @@ def test_the_exports_own_policies_decide(clf, export_dir):
 
 def test_cli_policies(policy_export, export_dir, capsys, tmp_path):
     base = ["--model", policy_export, "--runtime", "onnxruntime-fp32", "--json"]
-    shutil.copytree(export_dir[0], tmp_path / "old")  # an export from before the policies
-    meta = json.load(open(tmp_path / "old" / "export.json"))
-    json.dump({k: v for k, v in meta.items() if k not in ("policies", "default_policy")},
-              open(tmp_path / "old" / "export.json", "w"))
+    old = version_1_export(export_dir[0], tmp_path / "old")  # an export from before format_version 2
     code, out, _ = run_main(capsys, base + ["--policy", "precision", "--thresholds", "severe_toxic=0.6,threat=0.7",
                                             "you are an idiot"])
     assert code in (0, None)
@@ -162,8 +176,8 @@ def test_cli_policies(policy_export, export_dir, capsys, tmp_path):
         (["--thresholds", "toxic=2"], "--thresholds toxic: 2.0 is not a number in [0, 1]"),
         (["--thresholds", "toxic"], "--thresholds: 'toxic' is not label=number"),
         (["--thresholds", "nope=0.2"], "--thresholds: unknown label 'nope'"),
-        (["--model", str(tmp_path / "old"), "--policy", "f1"], "--policy 'f1': this export has no decision policies; "
-                                                       "re-export it with this version's export.py"),
+        (["--model", str(tmp_path / "old")], f"{old}: format_version 1, this project reads version 2: re-export it"),
+        (["--model", str(tmp_path / "old"), "--policy", "f1"], f"{old}: format_version 1"),
     ]:
         code, out, err = run_main(capsys, base + argv + ["x"])
         assert code == 2 and out == "" and err.strip() == f"error: {err.strip()[7:]}" and expect in err, err

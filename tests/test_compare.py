@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import compare
+from common import LABELS
 from conftest import ROOT
-from data import LABELS
-from metrics import tune_thresholds
+from validation import metrics_at_own_rates
 
 L = len(LABELS)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -46,7 +46,15 @@ def true_macro_f1(d, prevalence, threshold, noise=1.0):
     return np.mean(f1)
 
 
-def write_run(folder, probs, labels, seed, pooling="cls", rows=None, thresholds=None, aim_hash=None, aim_repo="runs"):
+def own_rate_thresholds(probs, labels, names=LABELS):
+    """The thresholds train.py saves with its predictions: the f1 policy fitted on these rows as they are, on the
+    plain sigmoid's scale (validation.metrics_at_own_rates)."""
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    return metrics_at_own_rates(np.log(p / (1 - p)), labels, list(names))[1]
+
+
+def write_run(folder, probs, labels, seed, pooling="cls", rows=None, thresholds=None, aim_hash=None, aim_repo="runs",
+              names=LABELS):
     """A run folder as train.py leaves it: run.json and val_predictions.npz (no checkpoints)."""
     os.makedirs(folder, exist_ok=True)
     n = len(labels)
@@ -57,10 +65,10 @@ def write_run(folder, probs, labels, seed, pooling="cls", rows=None, thresholds=
     with open(os.path.join(folder, "run.json"), "w") as f:
         json.dump({"config": config, "aim_hash": aim_hash, "aim_repo": aim_repo, "precision_effective": "fp32",
                    "world_size": 1}, f)
-    th = tune_thresholds(probs, labels) if thresholds is None else thresholds
+    th = own_rate_thresholds(probs, labels, names) if thresholds is None else thresholds
     np.savez(os.path.join(folder, "val_predictions.npz"), ids=np.array([f"id{i:05d}" for i in rows]), rows=rows,
              probs=probs.astype(np.float32), labels=labels.astype(np.uint8), thresholds=th, step=10,
-             label_names=np.array(LABELS))
+             label_names=np.array(list(names)))
     return str(folder)
 
 
@@ -176,14 +184,33 @@ def test_a_key_added_after_a_run_counts_as_its_default(tmp_path):
     assert "| A | truncation=head | 0, 1 |" in text and "| B | truncation=head_tail | 2 |" in text
 
 
-def test_a_removed_key_at_its_off_value_is_the_same_experiment(tmp_path):
-    """run.json files from before 2026-12-01 hold ema_decay, oversample and layer_lr_decay; off, they
-    trained as runs without them do. On, they are another experiment, and labelled so."""
-    old, new, other = synthetic_runs(tmp_path / "runs", d=(("cls", 1.0),), seeds=(0, 1, 2))
-    for path, extra in ((old, {"ema_decay": 0.0, "oversample": 1, "layer_lr_decay": 1.0}), (other, {"oversample": 3})):
-        add_config_keys(path, extra)
-    text = compare.compare([old, new, other], str(tmp_path / "out"), 1000, 0)
-    assert "2 groups" in text and "| B | oversample=3 | 2 |" in text, text
+def test_a_removed_key_is_left_out_of_the_comparison(tmp_path):
+    """run.json files from before 2026-12-01 hold ema_decay, oversample and layer_lr_decay. Config no longer has
+    them (config.RETIRED_KEYS), and compare.py leaves keys Config lacks out of the experiment: at their off
+    values such runs trained as runs without them do, so they join those runs' group."""
+    old, new = synthetic_runs(tmp_path / "runs", d=(("cls", 1.0),), seeds=(0, 1))
+    add_config_keys(old, {"ema_decay": 0.0, "oversample": 1, "layer_lr_decay": 1.0})
+    text = compare.compare([old, new], str(tmp_path / "out"), 1000, 0)
+    assert "1 groups" in text and "| A | pooling=cls, encoder=all-MiniLM-L6-v2 | 0, 1 |" in text, text
+    assert "ema_decay" not in text and "oversample" not in text
+
+
+def test_runs_of_another_label_set_are_compared_by_their_own_names(tmp_path):
+    """compare.py takes the label names from val_predictions.npz: a model of three labels of its own."""
+    from matplotlib.image import imread
+
+    names = ("spam", "abuse", "doxxing")
+    rng = np.random.default_rng(8)
+    labels = (rng.random((300, 3)) < 0.2).astype(np.uint8)
+    shared = rng.standard_normal((300, 3))
+    paths = [write_run(tmp_path / f"{pool}_s{s}", synthetic_scores(rng, labels, d, shared), labels, s, pool,
+                       names=names) for pool, d in (("cls", 2.0), ("mean", 0.5)) for s in (0, 1)]
+    text = compare.compare(paths, str(tmp_path / "out"), 1000, 0)
+    assert "| group | spam | abuse | doxxing |" in text and "toxic" not in text
+    assert "| A − B | mean AUC |" in text and "yes: A is higher" in text
+    run = compare.load_run(paths[0])
+    assert run["names"] == list(names) and {"auc_spam", "auc_abuse", "auc_doxxing"} <= set(run["metrics"])
+    assert imread(tmp_path / "out" / "pooling.png").shape == (700, 1300, 4)  # one row of three ROC panels
 
 
 def test_cli_refuses_runs_on_different_rows(tmp_path):
@@ -198,7 +225,8 @@ def test_cli_refuses_runs_on_different_rows(tmp_path):
     assert not (tmp_path / "out" / "results.md").exists()
 
 
-@pytest.mark.parametrize("breakage", ["labels", "no_npz", "truncated_npz", "twice", "same_seed", "resamples"])
+@pytest.mark.parametrize("breakage", ["labels", "label_names", "no_npz", "truncated_npz", "twice", "same_seed",
+                                      "resamples"])
 def test_bad_input_is_one_line_naming_it(tmp_path, capsys, breakage):
     a, b = synthetic_runs(tmp_path, n=80, seeds=(0,))
     args = [a, b, "--out", str(tmp_path / "out")]
@@ -206,6 +234,9 @@ def test_bad_input_is_one_line_naming_it(tmp_path, capsys, breakage):
     if breakage == "labels":  # same rows, other labels: a different data file
         with np.load(os.path.join(b, "val_predictions.npz")) as z:
             write_run(b, z["probs"], 1 - z["labels"], 0, "mean")
+    elif breakage == "label_names":  # same rows and labels, columns named otherwise: another model's outputs
+        with np.load(os.path.join(b, "val_predictions.npz")) as z:
+            write_run(b, z["probs"], z["labels"], 0, "mean", names=[f"label{j}" for j in range(L)])
     elif breakage == "no_npz":
         os.remove(os.path.join(b, "val_predictions.npz"))
     elif breakage == "truncated_npz":  # a copy cut short: never an unpickling or zip traceback

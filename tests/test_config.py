@@ -1,10 +1,12 @@
 """config.py: JSON + CLI overrides, and every rejected input exits 2 with one line naming the key."""
 import json
+import os
 
 import pytest
 
-from config import Config, ConfigError, load_config
+from config import RETIRED_KEYS, Config, ConfigError, load_config
 from conftest import SAMPLE, run_train
+
 
 
 def _write(tmp_path, obj, name="c.json"):
@@ -105,7 +107,7 @@ def test_bf16_without_hardware_support_falls_back_to_fp32_with_a_warning(monkeyp
     not silent. AVX2-only CPUs have no bf16; the check is forced both ways so any CPU runs the test."""
     import torch
 
-    from train import resolve_precision
+    from device import resolve_precision
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     assert resolve_precision("bf16", torch.device("cpu")) == "fp32"
     assert capsys.readouterr().out == "warning: bf16 is not supported on this cpu; training in fp32 instead\n"
@@ -128,8 +130,44 @@ def test_help_lists_every_key_with_its_default_and_meaning(capsys, monkeypatch):
         assert f"(default: {json.dumps(f.default)})" in text, f.name
 
 
-def test_a_removed_key_is_refused_with_where_its_result_is(tmp_path):
+@pytest.mark.parametrize("key, value", [("ema_decay", 0.998), ("oversample", 3), ("layer_lr_decay", 0.9)])
+def test_a_removed_key_is_refused_with_where_its_result_is(tmp_path, key, value):
+    assert key in RETIRED_KEYS and key not in Config.__dataclass_fields__
     path = tmp_path / "old.json"
-    path.write_text(json.dumps({"data_path": SAMPLE, "ema_decay": 0.998}))
-    with pytest.raises(ConfigError, match=r"old.json: key 'ema_decay' was removed .*docs/experiments.md"):
+    path.write_text(json.dumps({"data_path": SAMPLE, key: value}))
+    with pytest.raises(ConfigError) as e:
         load_config([str(path)])
+    assert str(e.value) == (f"{path}: key {key!r} was removed (it lost in every measurement: docs/experiments.md); "
+                            f"delete it")
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_a_removed_key_through_the_cli_is_one_line_exit_2(tmp_path):
+    r = run_train([_write(tmp_path, {"data_path": SAMPLE, "ema_decay": 0.998})])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'c.json'}: key 'ema_decay' was removed (it lost in "
+                                             f"every measurement: docs/experiments.md); delete it"]
+    r = run_train([_write(tmp_path, {"data_path": SAMPLE}), "--ema_decay", "0.998"])  # no flag for it either
+    assert r.returncode == 2 and "unrecognized arguments: --ema_decay" in r.stderr
+
+
+def test_config_changes_names_what_a_resumed_run_changed():
+    from dataclasses import asdict
+
+    from config import config_changes
+    saved = asdict(Config(lr=1e-4, batch_size=16))
+    assert config_changes(saved, Config(lr=1e-4, batch_size=16)) == ""
+    assert config_changes(saved, Config(lr=3e-5, batch_size=16)) == "; config changes {'lr': (0.0001, 3e-05)}"
+    assert config_changes({**saved, "ema_decay": 0.9}, Config(lr=1e-4, batch_size=16)) == ""  # a key gone: not a change
+
+
+def test_save_run_json_writes_the_config_and_how_it_ran(tmp_path):
+    from dataclasses import asdict
+
+    from config import save_run_json
+    cfg = Config(lr=1e-4, aim_repo="elsewhere")
+    save_run_json(str(tmp_path / "run.json"), cfg, "abc123", "bf16", 2)
+    assert json.load(open(tmp_path / "run.json")) == {"config": asdict(cfg), "aim_hash": "abc123",
+                                                      "aim_repo": "elsewhere", "precision_effective": "bf16",
+                                                      "world_size": 2}
+    assert os.listdir(tmp_path) == ["run.json"]

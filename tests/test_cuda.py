@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint
-from conftest import ROOT, run_train, tiny_args
+from conftest import ROOT, tiny_args
+from conftest import run_train
 
 pytestmark = pytest.mark.cuda
 

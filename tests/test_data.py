@@ -1,9 +1,15 @@
 """data.py: Kaggle CSV parsing and validation, the split, tokenizing with its cache, batching."""
+import os
+
 import numpy as np
 import pytest
 
-from data import (LABELS, DataError, bucket_width, epoch_order, pad_batch, read_csv, read_test, sorted_batches,
-                  split_indices, tokenize)
+from common import LABELS
+from conftest import SAMPLE, run_train
+from data import (bucket_width, epoch_order, pad_batch, read_csv, read_test, sorted_batches, split_indices, tokenize,
+                  write_submission)
+from inputs import InputError
+
 
 HEADER = "id,comment_text," + ",".join(LABELS)
 
@@ -40,7 +46,7 @@ def test_quotes_commas_newlines_bom_crlf(tmp_path):
 ])
 def test_bad_rows_name_file_row_and_column(tmp_path, body, needle):
     path = _csv(tmp_path, HEADER + "\n" + body + "\n")
-    with pytest.raises(DataError) as e:
+    with pytest.raises(InputError) as e:
         read_csv(path)
     assert str(e.value).startswith(path) and needle in str(e.value)
 
@@ -55,13 +61,13 @@ def test_bad_rows_name_file_row_and_column(tmp_path, body, needle):
     (HEADER + ",toxic\n1,a,0,0,0,0,0,0,1\n", "row 1 (header): column(s) toxic appear more than once"),
 ])
 def test_bad_files(tmp_path, text, needle):
-    with pytest.raises(DataError, match=None) as e:
+    with pytest.raises(InputError, match=None) as e:
         read_csv(_csv(tmp_path, text))
     assert needle in str(e.value)
 
 
 def test_missing_file_and_invalid_utf8(tmp_path, capsys):
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(InputError, match="cannot read"):
         read_csv(str(tmp_path / "nope.csv"))
     raw = (HEADER + "\na1,caf\xe9 ok,0,0,0,0,0,0\n").encode("latin-1")
     ds = read_csv(_csv(tmp_path, "", raw=raw))
@@ -81,6 +87,39 @@ def test_read_test_drops_minus_one(tmp_path):
                   "test_labels.csv")
     ds = read_test(test, labels)
     assert ds.ids == ["t1", "t2"] and ds.labels.tolist() == [[0] * 6, [1, 0, 0, 0, 1, 0]]
+
+
+def test_a_label_set_of_its_own_and_test_csv_without_labels(tmp_path):
+    """read_csv reads the label columns named (a run's own set, in its order; other columns ignored), and
+    names=() reads a test.csv: ids and texts, no labels."""
+    path = _csv(tmp_path, "id,comment_text,toxic,spam,extra\na1,hi,1,0,x\na2,buy now,0,1,y\n")
+    ds = read_csv(path, names=("spam", "toxic"))
+    assert ds.ids == ["a1", "a2"] and ds.labels.dtype == np.uint8 and ds.labels.tolist() == [[0, 1], [1, 0]]
+    with pytest.raises(InputError, match=r"missing column\(s\) severe_toxic, obscene"):
+        read_csv(path)  # the default set: Kaggle's six
+    with pytest.raises(InputError, match=r"row 2 \(line 2\), column extra: label must be 0 or 1, got 'x'"):
+        read_csv(path, names=("spam", "extra"))
+    test = read_csv(_csv(tmp_path, "id,comment_text\nt1,hello\n", "test.csv"), names=())
+    assert test.ids == ["t1"] and test.texts == ["hello"] and test.labels is None
+
+
+def test_read_test_with_a_label_set_of_its_own(tmp_path, capsys):
+    test = _csv(tmp_path, "id,comment_text\nt1,hello\nt2,buy now\nt3,skip me\n", "test.csv")
+    labels = _csv(tmp_path, "id,spam,toxic\nt1,0,0\nt2,1,0\nt3,-1,0\n", "test_labels.csv")
+    ds = read_test(test, labels, names=("spam", "toxic"))
+    assert ds.ids == ["t1", "t2"] and ds.labels.tolist() == [[0, 0], [1, 0]]
+    assert "3 rows, 1 labelled -1 dropped, 2 scored" in capsys.readouterr().out
+    bad = _csv(tmp_path, "id,spam,toxic\nt1,0,0\nt2,2,0\nt3,0,0\n", "bad_labels.csv")
+    with pytest.raises(InputError, match=r"bad_labels.csv: row 3 \(line 3\), column spam: label must be -1, 0 or 1"):
+        read_test(test, bad, names=("spam", "toxic"))
+    short = _csv(tmp_path, "id,spam,toxic\nt1,0,0\n", "short_labels.csv")
+    with pytest.raises(InputError, match="short_labels.csv: no labels for id 't2' of"):
+        read_test(test, short, names=("spam", "toxic"))
+
+
+def test_input_errors_are_usage_errors():
+    from common import UsageError
+    assert issubclass(InputError, UsageError)  # exit 2, one line, in every main
 
 
 def _labels(n=2000, seed=0):
@@ -104,15 +143,24 @@ def test_split_refuses_a_label_without_enough_positives():
     y = _labels()
     y[:, 3] = 0
     y[5, 3] = 1
-    with pytest.raises(DataError, match="label threat has 1 positive"):
+    with pytest.raises(InputError, match="label threat has 1 positive"):
         split_indices(y, 0.1, 0)
+
+
+def test_split_refusal_names_the_label_of_the_runs_own_set():
+    y = _labels()[:, :2]
+    y[:, 1] = 0
+    y[7, 1] = 1
+    with pytest.raises(InputError, match="label spam has 1 positive"):
+        split_indices(y, 0.1, 0, names=("toxic", "spam"))
+    tr, va = split_indices(_labels()[:, :2], 0.1, 0, names=("toxic", "spam"))
+    assert len(tr) + len(va) == 2000
 
 
 def test_split_refusal_through_the_cli(tmp_path):
     """train.py: one line naming the file and the label, exit 2, before any model is built."""
     import csv
 
-    from conftest import SAMPLE, run_train
     rows = list(csv.reader(open(SAMPLE, newline="", encoding="utf-8")))
     col = rows[0].index("threat")
     positives = [r for r in rows[1:] if r[col] == "1"]
@@ -197,3 +245,25 @@ def test_bucket_width_rounds_up_to_a_few_widths():
     assert bucket_width(seqs, 0, 128) is None  # off: padded to the longest
     assert bucket_width(seqs, 32, 128) == 64 and bucket_width(seqs, 32, 50) == 50  # never past max_length
     assert {bucket_width([np.ones(n)], 32, 256) for n in range(1, 257)} == set(range(32, 257, 32))
+
+
+def test_write_submission_joins_its_parts_in_kaggles_format(tmp_path):
+    import csv
+    path = tmp_path / "submission.csv"
+    parts = [(["a", "b"], np.array([[0.5, 1e-10], [0.123456789012, 1.0]], dtype=np.float64)),
+             (["c"], np.array([[0.25, 0.75]], dtype=np.float32))]
+    write_submission(str(path), ["toxic", "spam"], iter(parts))  # parts as they come: a generator is enough
+    rows = list(csv.reader(open(path, newline="", encoding="utf-8")))
+    assert rows == [["id", "toxic", "spam"], ["a", "0.5", "1e-10"], ["b", "0.123456789", "1"], ["c", "0.25", "0.75"]]
+
+
+def test_write_submission_leaves_no_half_file_when_a_part_fails(tmp_path):
+    path = tmp_path / "submission.csv"
+    path.write_text("old")
+
+    def parts():
+        yield ["a"], np.array([[0.5]])
+        raise InputError("test.csv: row 9 (line 9): expected 2 fields, got 1")
+    with pytest.raises(InputError):
+        write_submission(str(path), ["toxic"], parts())
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["submission.csv"]

@@ -5,7 +5,8 @@ import sys
 
 import numpy as np
 
-from conftest import ROOT, run_train, tiny_args
+from conftest import ROOT, tiny_args
+from conftest import run_train
 from checkpoint import load_checkpoint
 
 

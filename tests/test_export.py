@@ -1,5 +1,6 @@
-"""export.py: one self-contained ONNX file that matches PyTorch, an int8 model that runs, export.json,
-and one-line errors. The export of the tiny run is shared with tests/test_predict.py (export_dir)."""
+"""export.py: one self-contained ONNX file that matches PyTorch, an int8 model that runs, export.json
+(format_version 2), and one-line errors. The export of the tiny run is conftest's export_dir, shared with
+other test files; the checks export.py runs (parity, every runtime) live in checks.py."""
 import contextlib
 import io
 import json
@@ -8,9 +9,11 @@ import os
 import numpy as np
 import pytest
 
+import checks
 import export
-import predict
-from data import LABELS
+import scoring
+from common import LABELS
+
 
 def torch_probs(ckpt_path, ids, mask, calibration):
     """PyTorch's probabilities under the export's calibration map."""
@@ -20,7 +23,8 @@ def torch_probs(ckpt_path, ids, mask, calibration):
     from checkpoint import load_checkpoint, model_from_checkpoint
     model = model_from_checkpoint(load_checkpoint(ckpt_path))
     with torch.no_grad():
-        return decisions.apply_calibration(model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy(), calibration)
+        z = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    return decisions.apply_calibration(z, calibration, LABELS)
 
 
 def ragged_batch(rng, batch, width, vocab=30000):
@@ -57,11 +61,13 @@ def test_export_json_carries_what_predict_needs(export_dir, tiny_run):
     import torch
     ckpt = torch.load(tiny_run / "best.pt", weights_only=True)
     meta = json.load(open(os.path.join(export_dir[0], "export.json")))
-    assert meta["format_version"] == predict.FORMAT_VERSION
-    assert meta["labels"] == list(LABELS)
+    assert meta["format_version"] == scoring.FORMAT_VERSION == 2
+    assert meta["labels"] == list(LABELS) == ckpt["model_config"]["labels"]
+    assert not [k for k in scoring.META_KEYS if k not in meta]
+    assert "thresholds" not in meta and "default_model" not in meta  # version 1's keys: the policies say it now
     assert meta["max_length"] == ckpt["config"]["max_length"]
     assert meta["pooling"] == "cls" and meta["encoder"] == ckpt["config"]["encoder"]
-    assert meta["thresholds"] == meta["policies"]["f1"]["thresholds"] and meta["default_policy"] == "f1"
+    assert meta["default_policy"] == "f1" and set(meta["policies"]) == {"f1", "precision", "recall"}
     assert meta["checkpoint"]["step"] == ckpt["step"]
     assert meta["checkpoint"]["validation_metrics"] == pytest.approx(ckpt["metrics"])
     assert meta["models"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
@@ -72,7 +78,7 @@ def test_export_json_carries_what_predict_needs(export_dir, tiny_run):
 
 
 def test_every_runtime_is_checked_on_the_checkpoints_validation_rows(export_dir, tiny_run):
-    """Not 13 parity windows: the 80 validation rows of the sample, scored through predict.py."""
+    """Not 13 parity windows: the 80 validation rows of the sample, scored through scoring.py."""
     import runtimes
     meta = json.load(open(os.path.join(export_dir[0], "export.json")))
     checks = meta["runtime_checks"]
@@ -87,12 +93,12 @@ def test_every_runtime_is_checked_on_the_checkpoints_validation_rows(export_dir,
 
 def test_a_runtime_that_loses_auc_is_never_the_default(tiny_run, tmp_path, monkeypatch):
     import runtimes
-    monkeypatch.setattr(runtimes, "MAX_AUC_DROP", -1.0)  # every runtime but the fp32 reference now "loses"
+    monkeypatch.setattr(checks, "MAX_AUC_DROP", -1.0)  # every runtime but the fp32 reference now "loses"
     with contextlib.redirect_stdout(io.StringIO()) as buf:
         export.main(["--checkpoint", str(tiny_run / "best.pt"), "--out", str(tmp_path / "e"), "--quantize", "int8",
                      "--check_rows", "40"])
     meta = json.load(open(tmp_path / "e" / "export.json"))
-    assert meta["default_model"] == "fp32" and not meta["runtime_checks"]["onnxruntime-int8"]["ok"]
+    assert meta["runtime_checks"]["onnxruntime-fp32"]["ok"] and not meta["runtime_checks"]["onnxruntime-int8"]["ok"]
     assert meta["runtime_checks"]["onnxruntime-int8"]["rows"] == 40
     assert "predict.py will not pick it" in buf.getvalue()
     for flags in ({"avx2"}, {"avx2", "avx512_bf16"}):  # whatever the CPU: fp32, the checked reference
@@ -136,11 +142,11 @@ def test_fp32_parity_on_new_shapes_and_int8_runs(export_dir, tiny_run):
 
 
 def test_failed_parity_publishes_nothing(tiny_run, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(export, "PARITY_TOL", -1.0)  # every export now "fails" its check
+    monkeypatch.setattr(checks, "PARITY_TOL", -1.0)  # every export now "fails" its check
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as e:
         export.main(["--checkpoint", str(tiny_run / "best.pt"), "--out", str(out)])
-    assert e.value.code != 0
+    assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "disagree" in err[0] and "Traceback" not in err[0]
     assert os.listdir(tmp_path) == []  # neither the folder nor its temporary twin
@@ -149,12 +155,12 @@ def test_failed_parity_publishes_nothing(tiny_run, tmp_path, monkeypatch, capsys
 def test_parity_is_checked_on_a_second_shape(tiny_run, tmp_path, monkeypatch, capsys):
     """Besides the batch it was traced on, the graph is checked on one of another batch size and length,
     one row unpadded and others padded: a graph wrong only there publishes nothing."""
-    real, seen = export.onnx_probs, []
+    real, seen = checks.onnx_probs, []
 
     def wrong_on_the_second(path, ids, mask):
         seen.append(mask)
         return real(path, ids, mask) + (0.5 if len(seen) == 2 else 0.0)
-    monkeypatch.setattr(export, "onnx_probs", wrong_on_the_second)
+    monkeypatch.setattr(checks, "onnx_probs", wrong_on_the_second)
     msg = one_line_error(capsys, ["--checkpoint", str(tiny_run / "best.pt"), "--out", str(tmp_path / "never")])
     assert "ONNX and PyTorch disagree by 5.00e-01" in msg and "nothing written" in msg
     assert os.listdir(tmp_path) == []
@@ -163,30 +169,28 @@ def test_parity_is_checked_on_a_second_shape(tiny_run, tmp_path, monkeypatch, ca
     assert second.all(1).any() and not second.all()
 
 
-def test_unvalidated_checkpoints_export_with_a_warning(tiny_run, tmp_path, capsys):
-    """A last.pt (training state: weights newer than its last evaluation) and one written before any
-    evaluation (no metrics, 0.5 thresholds) export all the same, with one warning line each; best.pt none."""
+def test_a_checkpoint_without_validation_logits_is_refused(tiny_run, tmp_path, capsys):
+    """The decisions are fitted on validation logits: a last.pt (training state, none) is refused with one
+    line and exit 2, naming it and best.pt, and nothing is written; so is a best.pt whose logits were removed."""
     import torch
 
     from checkpoint import save_checkpoint
     last = torch.load(tiny_run / "last.pt", weights_only=True)
-    assert export.checkpoint_warnings(torch.load(tiny_run / "best.pt", weights_only=True), "best.pt") == []
-    save_checkpoint({**last, "metrics": {}, "thresholds": [0.5] * len(LABELS)}, str(tmp_path / "last.pt"))
-    for ckpt, n_warnings in ((tiny_run / "last.pt", 2), (tmp_path / "last.pt", 3)):  # + no validation logits
-        out = tmp_path / f"export{n_warnings}"
-        export.main(["--checkpoint", str(ckpt), "--out", str(out)])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == n_warnings and all(e.startswith(f"warning: {ckpt}: ") for e in err), err
-        assert "training state" in err[-2] and "last evaluation" in err[-2] and "not calibrated" in err[-1]
-        assert json.load(open(out / "export.json"))["checkpoint"]["step"] == last["step"]
-    assert "no validation metrics" in err[0] and "0.5" in err[0]
-    assert set(json.load(open(out / "export.json"))["thresholds"].values()) == {0.5}
+    assert "validation" not in last and "optimizer" in last
+    best = torch.load(tiny_run / "best.pt", weights_only=True)
+    save_checkpoint({k: v for k, v in best.items() if k != "validation"}, str(tmp_path / "stripped.pt"))
+    for ckpt in (tmp_path / "stripped.pt", tiny_run / "last.pt"):
+        out = tmp_path / f"never_{ckpt.stem}"
+        msg = one_line_error(capsys, ["--checkpoint", str(ckpt), "--out", str(out)])
+        assert msg.startswith(f"error: {ckpt}: no validation logits") and "export the run's best.pt" in msg, msg
+        assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["stripped.pt"]  # no temporary folder either
 
 
 def one_line_error(capsys, argv):
     with pytest.raises(SystemExit) as e:
         export.main(argv)
-    assert e.value.code != 0
+    assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     return err[0]
@@ -225,20 +229,26 @@ def test_export_ships_calibration_and_policies_at_kaggles_rates(export_dir, tiny
     meta = json.load(open(os.path.join(export_dir[0], "export.json")))
     assert meta["base_rates"] == {"reweighted": True, "rates": pytest.approx(decisions.KAGGLE_RATES)}
     logits, labels = ckpt["validation"]["logits"].numpy(), ckpt["validation"]["labels"].numpy()
-    want = decisions.fit(logits.astype(np.float64), labels, decisions.KAGGLE_RATES)
+    want = decisions.fit(logits.astype(np.float64), labels, list(LABELS), decisions.KAGGLE_RATES)
+    assert meta["calibration"]["method"] == "platt"
     assert meta["calibration"]["a"] == pytest.approx(want["calibration"]["a"])
+    assert meta["calibration"]["b"] == pytest.approx(want["calibration"]["b"])
+    for name in ("f1", "precision", "recall"):  # grid values: exact through JSON; None where unreached
+        assert meta["policies"][name]["thresholds"] == want["policies"][name]["thresholds"], name
     assert meta["policies"]["precision"]["target"] == 0.9 and meta["policies"]["recall"]["target"] == 0.9
     for name in ("f1", "precision", "recall"):
         assert set(meta["policies"][name]["thresholds"]) == set(LABELS)
         assert set(meta["policies"][name]["precision"]) == set(LABELS) == set(meta["policies"][name]["recall"])
     assert set(meta["validation_at_base_rates"]["ece"]) == set(LABELS)
+    assert meta["validation_at_base_rates"]["rows"] == len(labels)
+    assert meta["validation_at_base_rates"]["macro_f1"] == pytest.approx(want["validation"]["macro_f1"])
     # the graph applies the map: its scores on the parity batch equal the calibrated torch logits
     from checkpoint import model_from_checkpoint
-    ids, mask = export.parity_batches(*_tokenizer_bits(export_dir[0], meta))[0]
+    ids, mask = checks.parity_batches(*_tokenizer_bits(export_dir[0], meta))[0]
     with torch.no_grad():
         z = model_from_checkpoint(ckpt)(torch.from_numpy(ids), torch.from_numpy(mask)).double().numpy()
-    got = export.onnx_probs(os.path.join(export_dir[0], "model.onnx"), ids, mask)
-    assert np.abs(got - decisions.apply_calibration(z, meta["calibration"])).max() < 1e-4
+    got = checks.onnx_probs(os.path.join(export_dir[0], "model.onnx"), ids, mask)
+    assert np.abs(got - decisions.apply_calibration(z, meta["calibration"], LABELS)).max() < 1e-4
 
 
 def _tokenizer_bits(folder, meta):

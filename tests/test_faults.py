@@ -3,7 +3,6 @@ survived, or ends in one line and a non-zero exit; a resumed run ends as conftes
 (6 steps, checkpoints at 3 and 6, a log line every 2) within 1e-6. Subprocesses only where a real signal
 is needed; the rest runs in this process. Corrupt checkpoints, Aim and disk faults: test_faults_io.py."""
 import itertools
-import json
 import os
 import signal
 import subprocess
@@ -15,10 +14,9 @@ import pytest
 import torch
 
 import train
-from config import load_config
-from conftest import ROOT, tiny_args
 from checkpoint import load_checkpoint
-from conftest import max_diff, weights_of
+from conftest import (ROOT, aim_closed, aim_hash_of, all_checkpoints_whole, same_as_reference, tiny_args,
+                      train_in_process, train_main)
 
 
 def _signal_on(needle, sig, args, tmp_path, timeout=180):
@@ -47,9 +45,10 @@ def _signal_on(needle, sig, args, tmp_path, timeout=180):
 SAVER = """
 import sys, torch
 sys.path.insert(0, {root!r})
-from checkpoint import save_checkpoint
+from checkpoint import CHECKPOINT_VERSION, save_checkpoint
 for i in range(10**6):
-    save_checkpoint({{"model": {{"w": torch.full((1_000_000,), float(i))}}, "model_config": {{}}, "i": i}}, sys.argv[1])
+    save_checkpoint({{"version": CHECKPOINT_VERSION, "model": {{"w": torch.full((1_000_000,), float(i))}},
+                     "model_config": {{}}, "i": i}}, sys.argv[1])
     print(i, flush=True)
 """
 

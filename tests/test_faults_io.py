@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-import train
-from conftest import SAMPLE, tiny_args
-from checkpoint import load_checkpoint
-from conftest import aim_closed, aim_hash_of, all_checkpoints_whole, same_as_reference, train_in_process, train_main
+from checkpoint import CHECKPOINT_VERSION, load_checkpoint
+from common import LABELS
+from conftest import (POLICIES, SAMPLE, aim_closed, aim_hash_of, all_checkpoints_whole, same_as_reference, tiny_args,
+                      train_in_process, train_main)
 from tracking import TrackingError, make_tracker
 
 # ----------------------------------------------------------------------------
@@ -45,6 +45,10 @@ def _corrupt(kind, good, path, tmp_path):
     if kind in ("truncated", "empty", "random", "code"):
         return "unreadable checkpoint"
     ckpt = torch.load(good, weights_only=True)
+    if kind == "old_version":  # written before model_config named its labels
+        ckpt["version"] = 1
+        torch.save(ckpt, path)
+        return f"checkpoint version 1, this train.py writes and reads version {CHECKPOINT_VERSION}; train it again"
     if kind == "best_pt":
         ckpt = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scaler", "state")}
         torch.save(ckpt, path)
@@ -55,7 +59,7 @@ def _corrupt(kind, good, path, tmp_path):
             "for head.3.weight: copying a param with shape torch.Size([7, 32]) from checkpoint")
 
 
-@pytest.mark.parametrize("kind", ["truncated", "empty", "random", "code", "best_pt", "other_model"])
+@pytest.mark.parametrize("kind", ["truncated", "empty", "random", "code", "old_version", "best_pt", "other_model"])
 def test_corrupt_last_pt_on_resume_is_one_line(tiny_encoder, tiny_run, tmp_path, capsys, kind):
     out = tmp_path / "run"
     out.mkdir()
@@ -68,7 +72,7 @@ def test_corrupt_last_pt_on_resume_is_one_line(tiny_encoder, tiny_run, tmp_path,
     assert not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize("kind", ["truncated", "code"])
+@pytest.mark.parametrize("kind", ["truncated", "code", "old_version"])
 def test_corrupt_checkpoint_given_to_export_is_one_line(tiny_run, tmp_path, capsys, kind):
     import export
     ckpt = tmp_path / "best.pt"
@@ -82,14 +86,18 @@ def test_corrupt_checkpoint_given_to_export_is_one_line(tiny_run, tmp_path, caps
 
 def test_corrupt_model_given_to_evaluate_is_one_line(tiny_encoder, tmp_path, capsys):
     import evaluate
-    import predict
+    import scoring
     folder = tmp_path / "export"
     folder.mkdir()
     shutil.copy(os.path.join(tiny_encoder, "tokenizer.json"), folder / "tokenizer.json")
-    json.dump({"format_version": predict.FORMAT_VERSION, "labels": list(train.LABELS), "max_length": 128,
-               "thresholds": {n: 0.5 for n in train.LABELS}, "models": {"fp32": "model.onnx"},
-               "tokenizer": "tokenizer.json", "prefix_ids": [101], "suffix_ids": [102], "pad_id": 0},
-              open(folder / "export.json", "w"))
+    meta = {"format_version": scoring.FORMAT_VERSION, "labels": list(LABELS), "max_length": 128,
+            "models": {"fp32": "model.onnx"}, "tokenizer": "tokenizer.json", "prefix_ids": [101], "suffix_ids": [102],
+            "pad_id": 0, "policies": POLICIES, "default_policy": "f1",
+            "calibration": {"method": "platt", "a": dict.fromkeys(LABELS, 1.0), "b": dict.fromkeys(LABELS, 0.0)},
+            "base_rates": {"reweighted": False, "rates": dict.fromkeys(LABELS, 0.1)},
+            "validation_at_base_rates": {}}
+    assert set(scoring.META_KEYS) <= set(meta)  # a whole export.json: only its model file is broken
+    json.dump(meta, open(folder / "export.json", "w"))
     (folder / "model.onnx").write_bytes(b"\x08\x07" + os.urandom(3000))  # truncated protobuf
     with pytest.raises(SystemExit) as e:
         evaluate.main(["--model", str(folder), "--data", SAMPLE])

@@ -8,11 +8,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import predict
-from data import LABELS, DataError, read_csv, sorted_batches
+import scoring
+from common import LABELS
+from data import read_csv, sorted_batches
+from inputs import InputError
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -65,7 +68,7 @@ def test_a_bad_label_is_named_by_row_and_column(csv_path, rows, data, linetermin
     table = [[i, t, *y] for i, t, y in rows]
     table[k][2 + col] = bad
     path = _write(csv_path, table, lineterminator, bom, quoting)
-    with pytest.raises(DataError) as e:
+    with pytest.raises(InputError) as e:
         read_csv(path)
     assert str(e.value).startswith(f"{path}: row {k + 2} (line ")  # the header is row 1
     assert f"column {LABELS[col]}: label must be 0 or 1, got {bad.strip()!r}" in str(e.value)
@@ -88,7 +91,7 @@ def test_sorted_batches_cover_every_row_once_in_length_order(lengths, batch_size
 @given(lengths=st.lists(st.integers(1, 600), max_size=200), batch_size=st.integers(1, 70),
        max_tokens=st.integers(1, 5000))
 def test_token_budget_batches_stay_under_the_budget_and_fill_it(lengths, batch_size, max_tokens):
-    """predict.py's batches: every row once, in length order; rows x longest <= max_tokens (a row alone may
+    """scoring.py's batches (predict.py's): every row once, in length order; rows x longest <= max_tokens (a row alone may
     pass it), and no batch could have taken the next row."""
     lengths = np.array(lengths, dtype=np.int64)
     batches = sorted_batches(lengths, batch_size, max_tokens)
@@ -105,6 +108,7 @@ class Recorder:
 
     def __init__(self):
         self.rows, self.shapes = [], []
+        self.head = [torch.nn.Linear(1, 6)]  # predict_logits reads the number of outputs off the head
 
     def eval(self):
         pass
@@ -113,7 +117,6 @@ class Recorder:
         pass
 
     def __call__(self, ids, mask):
-        import torch
         self.rows += [tuple(r[m.bool()].tolist()) for r, m in zip(ids, mask)]
         self.shapes.append(tuple(ids.shape))
         n = mask.sum(1, keepdim=True).double()
@@ -132,8 +135,6 @@ SEQS = st.lists(st.lists(st.integers(1, 30000), min_size=1, max_size=40), min_si
 @FAST
 @given(seqs=SEQS, data=st.data(), batch_size=st.integers(1, 17), max_tokens=st.none() | st.integers(1, 300))
 def test_validation_scores_every_row_once_in_order(seqs, data, batch_size, max_tokens):
-    import torch
-
     from validation import predict_logits
     rows = np.array(data.draw(st.lists(st.integers(0, len(seqs) - 1), max_size=80, unique=True)), dtype=np.int64)
     seqs = [np.array(s, dtype=np.int32) for s in seqs]
@@ -147,7 +148,7 @@ def test_validation_scores_every_row_once_in_order(seqs, data, batch_size, max_t
 
 
 # ----------------------------------------------------------------------------
-# predict.py: windows over long comments, batched across comments
+# scoring.py: windows over long comments, batched across comments
 
 class CharTokenizer:
     """One id per character: split_text's pieces then give exactly the ids of the whole text."""
@@ -182,12 +183,12 @@ def test_predict_scores_every_window_once_and_keeps_the_order(texts, max_length,
     meta = {"max_length": max_length, "prefix_ids": [101], "suffix_ids": [102], "pad_id": 0}
     session, tok = Session(), CharTokenizer()
     model = SimpleNamespace(meta=meta, labels=list(LABELS), tokenizer=tok, session=session)
-    got = predict.score(model, texts, batch_size=batch_size, progress=False)
+    got = scoring.score_texts(model, texts, batch_size=batch_size, progress=False)
     body = max_length - 2
     expected_windows, expected = [], []
     for t in texts:
         ids = tok.encode_batch([t])[0].ids
-        wins = [tuple([101] + ids[s:s + body] + [102]) for s in predict.window_starts(len(ids), body)]
+        wins = [tuple([101] + ids[s:s + body] + [102]) for s in scoring.window_starts(len(ids), body)]
         expected_windows += wins
         expected.append(np.max([_window_score(w) for w in wins], axis=0))
     assert sorted(session.windows) == sorted(expected_windows)  # every window exactly once
@@ -198,7 +199,7 @@ def test_predict_scores_every_window_once_and_keeps_the_order(texts, max_length,
 @FAST
 @given(n=st.integers(0, 5000), body=st.integers(1, 600))
 def test_windows_cover_every_token_and_fit(n, body):
-    starts = predict.window_starts(n, body)
+    starts = scoring.window_starts(n, body)
     assert starts[0] == 0 and starts == sorted(set(starts))
     ends = [min(s + body, n) for s in starts]
     assert ends[-1] == n  # the last window reaches the end
@@ -214,8 +215,8 @@ def test_windows_cover_every_token_and_fit(n, body):
 def test_window_batches_fit_max_length_and_cover_every_token(lengths, max_length):
     seqs = [np.arange(1, n + 1, dtype=np.int32) for n in lengths]  # token k of a comment has id k + 1
     body = max_length - 2
-    owner, start, end = windows = predict.make_windows(seqs, body)
-    ids, mask = predict.window_batch(seqs, windows, np.arange(len(owner)), [101], [102], 0)
+    owner, start, end = windows = scoring.make_windows(seqs, body)
+    ids, mask = scoring.window_batch(seqs, windows, np.arange(len(owner)), [101], [102], 0)
     assert ids.shape[1] <= max_length and (mask.sum(1) >= 2).all()
     for i, n in enumerate(lengths):
         covered = np.zeros(n, dtype=bool)
@@ -229,5 +230,46 @@ def test_window_batches_fit_max_length_and_cover_every_token(lengths, max_length
 @FAST
 @given(text=TEXT.map(lambda t: t * 20), size=st.integers(2, 64))
 def test_split_text_pieces_join_back_and_are_bounded(text, size):
-    pieces = predict.split_text(text, size)
+    pieces = scoring.split_text(text, size)
     assert "".join(pieces) == text and all(len(p) <= size for p in pieces)
+
+
+# ----------------------------------------------------------------------------
+# metrics and decisions: one F1 for both weight shapes, thresholds mapped to the plain sigmoid's scale
+
+@FAST
+@given(data=st.data(), n=st.integers(1, 40), n_labels=st.integers(1, 4), resamples=st.integers(1, 5))
+def test_weighted_f1_agrees_across_its_two_weight_shapes(data, n, n_labels, resamples):
+    """Row weights (R, N) and the same weights spread over the labels (N, L) give the same F1, resample by
+    resample: compare.py's bootstrap and decisions.py's base-rate weights are one computation."""
+    from metrics import weighted_f1
+    probs = np.array(data.draw(st.lists(st.sampled_from([0.0, 0.2, 0.5, 0.7, 1.0]), min_size=n * n_labels,
+                                        max_size=n * n_labels))).reshape(n, n_labels)
+    labels = np.array(data.draw(st.lists(st.integers(0, 1), min_size=n * n_labels, max_size=n * n_labels)),
+                      dtype=np.uint8).reshape(n, n_labels)
+    counts = np.array(data.draw(st.lists(st.integers(0, 3), min_size=resamples * n, max_size=resamples * n)),
+                      dtype=np.float64).reshape(resamples, n)
+    thresholds = data.draw(st.lists(st.sampled_from([0.2, 0.5, 0.7]), min_size=n_labels, max_size=n_labels))
+    f1s, micros = weighted_f1(probs, labels, thresholds, counts, resamples=True)
+    assert f1s.shape == (resamples, n_labels) and micros.shape == (resamples,)
+    assert ((0 <= f1s) & (f1s <= 1)).all() and ((0 <= micros) & (micros <= 1)).all()
+    for r in range(resamples):
+        f1, micro = weighted_f1(probs, labels, thresholds, np.repeat(counts[r][:, None], n_labels, 1))
+        np.testing.assert_allclose(f1s[r], f1, rtol=1e-12, atol=1e-15)
+        assert micros[r] == pytest.approx(micro, rel=1e-12, abs=1e-15)
+
+
+@FAST
+@given(a=st.floats(1 / 16, 16), b=st.floats(-8, 8), t=st.floats(0.001, 0.999),
+       z=st.lists(st.floats(-20, 20), min_size=1, max_size=50))
+def test_raw_thresholds_flag_what_the_calibrated_threshold_flags(a, b, t, z):
+    """sigmoid(a z + b) >= t exactly where sigmoid(z) >= raw_thresholds(...), for any slope in decisions' bounds,
+    any intercept and threshold (rows within rounding of the threshold itself left out)."""
+    import decisions
+    from common import sigmoid
+    cal = {"method": "platt", "a": {"x": a}, "b": {"x": b}}
+    z = np.array(z)[:, None]
+    (raw,) = decisions.raw_thresholds(cal, [t], ["x"])
+    calibrated = decisions.apply_calibration(z, cal, ["x"])[:, 0]
+    clear = np.abs(calibrated - t) > 1e-9 * max(1.0, a)
+    np.testing.assert_array_equal((sigmoid(z[:, 0]) >= raw)[clear], (calibrated >= t)[clear])

@@ -1,7 +1,10 @@
 """model.py: pooling, padding invariance, rebuilding from a checkpoint dict, the attention path it trains on."""
 import torch
 
+import pytest
+
 from checkpoint import build_model, model_config, model_from_checkpoint
+from common import LABELS
 from model import ToxicClassifier
 
 
@@ -15,7 +18,7 @@ def _batch():
 
 def test_padding_does_not_change_logits(tiny_encoder):
     for pooling in ("cls", "mean"):
-        model = build_model(tiny_encoder, pooling, dropout=0.0).eval()
+        model = build_model(tiny_encoder, pooling, 0.0, LABELS).eval()
         ids, mask = _batch()
         extra = torch.zeros(3, 7, dtype=torch.long)
         with torch.no_grad():
@@ -27,8 +30,8 @@ def test_padding_does_not_change_logits(tiny_encoder):
 
 def test_mean_pooling_is_masked_mean_and_differs_from_cls(tiny_encoder):
     torch.manual_seed(0)
-    cls = build_model(tiny_encoder, "cls", dropout=0.0).eval()
-    mean = build_model(tiny_encoder, "mean", dropout=0.0).eval()
+    cls = build_model(tiny_encoder, "cls", 0.0, LABELS).eval()
+    mean = build_model(tiny_encoder, "mean", 0.0, LABELS).eval()
     mean.head.load_state_dict(cls.head.state_dict())
     ids, mask = _batch()
     with torch.no_grad():
@@ -39,13 +42,31 @@ def test_mean_pooling_is_masked_mean_and_differs_from_cls(tiny_encoder):
 
 
 def test_rebuild_from_checkpoint_dict(tiny_encoder):
-    model = build_model(tiny_encoder, "mean", dropout=0.1).eval()
-    ckpt = {"model": model.state_dict(), "model_config": model_config(model, tiny_encoder, 0.1)}
+    names = ("toxic", "spam")  # a run's own labels: the head has one output each, rebuilt from model_config
+    model = build_model(tiny_encoder, "mean", 0.1, names).eval()
+    ckpt = {"model": model.state_dict(), "model_config": model_config(model, tiny_encoder, 0.1, names)}
     again = model_from_checkpoint(ckpt)
     ids, mask = _batch()
     with torch.no_grad():
-        assert torch.equal(model(ids, mask), again(ids, mask))
-    assert isinstance(again, ToxicClassifier) and again.pooling == "mean"
+        assert model(ids, mask).shape == (3, 2) and torch.equal(model(ids, mask), again(ids, mask))
+    assert isinstance(again, ToxicClassifier) and again.pooling == "mean" and not again.training
+
+
+def test_dropout_reaches_the_head_and_the_encoder(tiny_encoder):
+    model = build_model(tiny_encoder, "cls", 0.3, LABELS)
+    assert model.head[2].p == 0.3
+    assert model.encoder.config.hidden_dropout_prob == model.encoder.config.attention_probs_dropout_prob == 0.3
+    assert model.encoder.pooler is None  # unused: DDP would see parameters without gradients
+
+
+def test_every_argument_is_required_and_pooling_is_checked(tiny_encoder):
+    encoder = build_model(tiny_encoder, "cls", 0.0, LABELS).encoder
+    with pytest.raises(TypeError):
+        ToxicClassifier(encoder, "cls", 0.0)  # num_labels has no default any more
+    with pytest.raises(TypeError):
+        build_model(tiny_encoder, "cls", 0.0)  # nor the labels
+    with pytest.raises(ValueError, match="pooling must be cls or mean, got 'max'"):
+        ToxicClassifier(encoder, "max", 0.0, 6)
 
 
 def _attention_ops(model, ids, mask, grad):
@@ -58,7 +79,7 @@ def _attention_ops(model, ids, mask, grad):
 def test_cpu_bf16_training_attends_on_the_math_path_and_agrees_with_the_fused_kernel(tiny_encoder):
     # the fused CPU kernel's bf16 backward was 60% of a MiniLM step: training takes the math path, a forward
     # without gradients keeps the fused kernel, and both give the same logits
-    model = build_model(tiny_encoder, "mean", dropout=0.0)
+    model = build_model(tiny_encoder, "mean", 0.0, LABELS)
     ids, mask = _batch()
     trained, train_ops = _attention_ops(model, ids, mask, grad=True)
     scored, eval_ops = _attention_ops(model, ids, mask, grad=False)

@@ -12,8 +12,10 @@ import pytest
 
 import evaluate
 import predict
-from conftest import ROOT, SAMPLE
-from data import LABELS
+import scoring
+from classifier import resolve_thresholds
+from common import LABELS
+from conftest import ROOT, SAMPLE, run_main
 
 PREDICT = os.path.join(ROOT, "predict.py")
 
@@ -28,7 +30,13 @@ def json_lines(stdout):
 
 @pytest.fixture(scope="module")
 def fp32(export_dir):
-    return predict.load_model(export_dir[0], runtime="onnxruntime-fp32")
+    return scoring.load_model(export_dir[0], runtime="onnxruntime-fp32")
+
+
+def served_thresholds(model_dir):
+    """{label: threshold} predict.py decides at by default: the export's default policy's."""
+    meta = scoring.read_meta(model_dir)
+    return dict(zip(meta["labels"], resolve_thresholds(meta)))
 
 
 # ----------------------------------------------------------------------------
@@ -39,12 +47,13 @@ def test_cli_text_in_json_out(export_dir):
     assert r.returncode == 0, r.stderr.decode()
     rows = json_lines(r.stdout)
     assert [(o["index"], o["text"]) for o in rows] == [(0, "you are an idiot"), (1, "thanks for the edit")]
-    th = json.load(open(os.path.join(export_dir[0], "export.json")))["thresholds"]
+    th = served_thresholds(export_dir[0])
+    meta = json.load(open(os.path.join(export_dir[0], "export.json")))
+    assert th == meta["policies"][meta["default_policy"]]["thresholds"]
     for o in rows:
         assert list(o["scores"]) == list(LABELS)
         assert o["labels"] == [n for n in LABELS if o["scores"][n] >= th[n] - 1e-6]
     import runtimes
-    meta = json.load(open(os.path.join(export_dir[0], "export.json")))
     chosen, why = runtimes.choose(meta, runtimes.cpu_flags(), small_job=True)  # two comments: a small job
     assert f"on {chosen} ({why})" in r.stderr.decode()
 
@@ -76,8 +85,8 @@ def test_short_comments_match_pytorch_on_training_tokens(export_dir, fp32, tiny_
     import decisions
     with torch.no_grad():
         z = model_from_checkpoint(ckpt)(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-    ref = decisions.apply_calibration(z, fp32.meta["calibration"])  # the export's map, inside its graph
-    assert np.abs(predict.score(fp32, texts) - ref).max() <= 1e-4
+    ref = decisions.apply_calibration(z, fp32.meta["calibration"], fp32.labels)  # the export's map, in its graph
+    assert np.abs(scoring.score_texts(fp32, texts) - ref).max() <= 1e-4
 
 
 # ----------------------------------------------------------------------------
@@ -89,7 +98,7 @@ TEXTS = ["short", "a much longer comment, with commas, \"quotes\" and\nno newlin
 
 def test_file_modes_and_order(export_dir, fp32, tmp_path, capsys):
     flat = [t.replace("\n", " ") for t in TEXTS]  # one comment per line in .txt and stdin
-    expected = predict.score(fp32, flat)
+    expected = scoring.score_texts(fp32, flat)
     (tmp_path / "c.txt").write_text("".join(t + "\n" for t in flat))
     with open(tmp_path / "c.csv", "w", newline="") as f:
         csv.writer(f).writerows([["id", "comment_text"]] + [[f"id{i}", t] for i, t in enumerate(flat)])
@@ -115,8 +124,8 @@ def test_batched_scores_equal_one_by_one(fp32):
     rng = np.random.default_rng(0)
     words = ["idiot", "thanks", "edit", "page", "🙂"]
     texts = [" ".join(rng.choice(words, int(n))) for n in rng.integers(0, 400, 25)]
-    batched = predict.score(fp32, texts, batch_size=4)
-    alone = np.concatenate([predict.score(fp32, [t]) for t in texts])
+    batched = scoring.score_texts(fp32, texts, batch_size=4)
+    alone = np.concatenate([scoring.score_texts(fp32, [t]) for t in texts])
     assert np.abs(batched - alone).max() <= 1e-5
 
 
@@ -139,18 +148,18 @@ def test_submission_csv(export_dir, tmp_path, capsys):
 def test_windows_cover_every_token():
     for body in (1, 2, 5, 126):
         for n in range(0, 3 * body + 10):
-            starts = predict.window_starts(n, body)
+            starts = scoring.window_starts(n, body)
             covered = set().union(*(range(s, min(s + body, n)) for s in starts))
             assert covered == set(range(n)), (n, body)
-            assert all(0 < b - a <= body - body // predict.OVERLAP for a, b in zip(starts, starts[1:]))
+            assert all(0 < b - a <= body - body // scoring.OVERLAP for a, b in zip(starts, starts[1:]))
             assert starts == [0] if n <= body else starts[-1] + body == n  # long: every window full
 
 
 def test_huge_text_pieces_give_the_same_tokens(fp32):
     text = " ".join(["Thanks for the edit, idiot!", "🙂", "Привет", "x" * 50] * 3000)  # ~280k characters
-    assert len(predict.split_text(text)) > 1
+    assert len(scoring.split_text(text)) > 1
     whole = fp32.tokenizer.encode(text, add_special_tokens=False).ids
-    assert predict.encode_texts(fp32.tokenizer, [text])[0].tolist() == whole
+    assert scoring.encode_texts(fp32.tokenizer, [text])[0].tolist() == whole
 
 
 def test_signal_beyond_max_length_changes_the_score(export_dir, fp32):
@@ -171,10 +180,10 @@ def test_signal_beyond_max_length_changes_the_score(export_dir, fp32):
         text = filler + (tail + " ") * 40
         ids = fp32.tokenizer.encode(text, add_special_tokens=False).ids
         assert len(ids) > 3 * body
-        starts = predict.window_starts(len(ids), body)
+        starts = scoring.window_starts(len(ids), body)
         per_window = np.array([probs([101] + ids[s:s + body] + [102]) for s in starts])
         truncated = probs(tokenize(truncating, [text], fp32.meta["max_length"])[0].tolist())
-        got = predict.score(fp32, [text])[0]
+        got = scoring.score_texts(fp32, [text])[0]
         assert np.abs(got - per_window.max(0)).max() <= 1e-5  # the max over all the windows
         assert np.abs(per_window[0] - truncated).max() <= 1e-6  # window 0 is what training saw
         changed += np.abs(got - truncated).max() > 1e-5
@@ -266,7 +275,10 @@ def test_bad_model_folders(export_dir, tmp_path, capsys, monkeypatch):
     meta = json.load(open(old / "export.json"))
     json.dump(dict(meta, format_version=999), open(old / "export.json", "w"))
     code, _, err = run_main(capsys, ["--model", str(old), "x"])
-    assert code != 0 and "format_version 999" in err and f"reads version {predict.FORMAT_VERSION}" in err
+    assert code == 2 and "format_version 999" in err and f"reads version {scoring.FORMAT_VERSION}" in err
+    json.dump({k: v for k, v in meta.items() if k != "policies"}, open(old / "export.json", "w"))
+    code, _, err = run_main(capsys, ["--model", str(old), "x"])
+    assert code == 2 and err.strip() == f"error: {old / 'export.json'}: missing key(s) policies", err
     json.dump(meta, open(old / "export.json", "w"))
     (old / "model.int8.onnx").write_bytes(b"garbage")
     code, _, err = run_main(capsys, ["--model", str(old), "--runtime", "onnxruntime-int8", "x"])
@@ -287,12 +299,12 @@ def test_evaluate_auc_matches_sklearn(export_dir, tmp_path, capsys):
     m, probs, labels = evaluate.run(export_dir[0], data=SAMPLE)
     printed = capsys.readouterr().out
     ds = read_csv(SAMPLE)
-    independent = predict.score(predict.load_model(export_dir[0]), ds.texts, progress=False)
+    independent = scoring.score_texts(scoring.load_model(export_dir[0]), ds.texts, progress=False)
     aucs = [roc_auc_score(ds.labels[:, j], independent[:, j]) for j in range(len(LABELS))]
     assert m["aucroc_macro"] == pytest.approx(np.mean(aucs), abs=1e-9)
     assert [m[f"auc_{n}"] for n in LABELS] == pytest.approx(aucs, abs=1e-9)
     assert f"mean ROC AUC {np.mean(aucs):.4f}" in printed
-    th = json.load(open(os.path.join(export_dir[0], "export.json")))["thresholds"]
+    th = served_thresholds(export_dir[0])
     tuned = f1_score(ds.labels, independent >= np.array([th[n] for n in LABELS]), average="macro", zero_division=0)
     assert m["macro_f1_tuned"] == pytest.approx(tuned, abs=1e-9)
 

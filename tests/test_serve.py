@@ -4,6 +4,7 @@ malformed bodies as JSON 4xx naming the field, odd and huge comments, and SIGTER
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from api import PERSPECTIVE, attributes
 from classifier import Classifier
+from common import LABELS
 from conftest import ROOT
-from data import LABELS
 
 SERVE = os.path.join(ROOT, "serve.py")
 
@@ -115,7 +117,9 @@ def test_health_and_model(server, export_dir):
     assert code == 200 and body["status"] == "ok" and body["in_flight"] == 0
     code, body = server.request("GET", "/v1/model")
     meta = json.load(open(os.path.join(export_dir[0], "export.json")))
-    assert code == 200 and body["labels"] == meta["labels"] and body["thresholds"] == meta["thresholds"]
+    assert code == 200 and body["labels"] == meta["labels"] and "thresholds" not in body
+    assert body["policies"] == meta["policies"] and body["default_policy"] == meta["default_policy"] == "f1"
+    assert body["serving"]["default_thresholds"] == meta["policies"]["f1"]["thresholds"]  # what it decides at
     assert body["versions"] == meta["versions"] and body["checkpoint"]["validation_metrics"]
     assert body["serving"]["runtime"] == "onnxruntime-fp32" and body["serving"]["limits"]["max_texts"] == 64
 
@@ -234,6 +238,31 @@ def test_startup_errors_are_one_line(export_dir, tmp_path):
         s.stop()
     r = subprocess.run([sys.executable, SERVE, "--max_texts", "0"], capture_output=True, text=True)
     assert r.returncode == 2 and "--max_texts must be >= 1" in r.stderr
+
+
+def test_a_format_version_1_export_is_refused(export_dir, tmp_path):
+    """An export from before format_version 2 (top-level thresholds, no policies): one line, exit 2, naming its
+    export.json and saying to re-export it; the server never listens."""
+    shutil.copytree(export_dir[0], tmp_path / "old")
+    meta = json.load(open(tmp_path / "old" / "export.json"))
+    old = {k: v for k, v in meta.items() if k not in ("policies", "default_policy", "calibration", "base_rates",
+                                                      "validation_at_base_rates")}
+    old.update(format_version=1, thresholds=meta["policies"]["f1"]["thresholds"], default_model="int8")
+    json.dump(old, open(tmp_path / "old" / "export.json", "w"))
+    r = subprocess.run([sys.executable, SERVE, "--model", str(tmp_path / "old"), "--port", "0"], capture_output=True,
+                       text=True, timeout=120)
+    path = tmp_path / "old" / "export.json"
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: {path}: format_version 1, this project reads version 2: re-export it with this project's export.py"], \
+        r.stderr
+
+
+def test_perspective_attributes_follow_the_exports_labels():
+    """Jigsaw's labels under Perspective's names, in label order; any other label under its own name in capitals,
+    and a label the export lacks is not offered."""
+    assert attributes(LABELS) == {attr: label for attr, label in PERSPECTIVE.items()}
+    assert list(attributes(LABELS).values()) == list(LABELS)
+    assert attributes(["insult", "spam", "toxic"]) == {"INSULT": "insult", "SPAM": "spam", "TOXICITY": "toxic"}
 
 
 def test_serve_load_quick(export_dir, tmp_path):

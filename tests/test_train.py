@@ -10,9 +10,11 @@ import time
 import numpy as np
 import pytest
 
+from checkpoint import CHECKPOINT_VERSION, load_checkpoint
+from common import LABELS
 from config import load_config
-from conftest import ROOT, SHARED_TRAIN, run_train, tiny_args
-from checkpoint import load_checkpoint
+from conftest import ROOT, SHARED_TRAIN, max_diff, tiny_args, weights_of
+from conftest import run_train
 
 
 def test_short_run_writes_checkpoints_predictions_and_aim_run(tiny_encoder, tmp_path):
@@ -22,11 +24,19 @@ def test_short_run_writes_checkpoints_predictions_and_aim_run(tiny_encoder, tmp_
     assert '"max_steps": 4' in r.stdout and "samples/s" in r.stdout and "eta" in r.stdout
     best, last = load_checkpoint(str(out / "best.pt")), load_checkpoint(str(out / "last.pt"))
     assert best["config"]["max_steps"] == 4 and last["step"] == 4 and "optimizer" in last
-    assert set(best) >= {"model", "model_config", "config", "step", "metrics", "thresholds"}
-    assert "optimizer" not in best and len(best["thresholds"]) == 6
+    assert set(best) >= {"version", "model", "model_config", "config", "step", "metrics", "validation"}
+    assert best["version"] == last["version"] == CHECKPOINT_VERSION == 2
+    assert "optimizer" not in best and "thresholds" not in best and "thresholds" not in last  # export.py fits them
+    assert best["model_config"]["labels"] == list(LABELS) and "num_labels" not in best["model_config"]
     assert 0 <= best["metrics"]["aucroc_macro"] <= 1 and "auc_threat" in best["metrics"]
+    # best.pt keeps its validation rows' logits and labels (what export.py calibrates on); last.pt has none
+    assert best["validation"]["logits"].shape == best["validation"]["labels"].shape == (80, 6)
+    assert "validation" not in last
     preds = np.load(out / "val_predictions.npz")
     assert preds["probs"].shape == preds["labels"].shape == (80, 6) and len(preds["ids"]) == 80
+    assert list(preds["label_names"]) == list(LABELS) and preds["thresholds"].shape == (6,)
+    assert np.allclose(preds["logits"], best["validation"]["logits"].numpy())
+    assert np.array_equal(preds["labels"], best["validation"]["labels"].numpy())
     assert not list(out.glob("*.tmp"))
     run = json.load(open(out / "run.json"))
     subprocess.run([os.path.join(os.path.dirname(sys.executable), "aim"), "storage", "--repo", str(repo),
@@ -141,20 +151,20 @@ def test_validation_reads_eval_max_length_tokens_training_max_length(tiny_encode
     import train
     import validation
     seen = {"val_batches": []}
-    real_eval, real_pad = train.run_eval, data.pad_batch
+    real_eval, real_pad = train.validate, data.pad_batch
 
     def spy_val_pad(seqs, *a, **k):
         seen["val_batches"].append((len(seqs), max(len(s) for s in seqs)))
         return real_pad(seqs, *a, **k)
 
-    def spy_eval(model, seqs, val_idx, *a, **k):
+    def spy_eval(model, seqs, val_idx, *a, **k):  # validation.validate, as train.log_validation calls it
         seen["val"] = max(len(seqs[i]) for i in val_idx)
         return real_eval(model, seqs, val_idx, *a, **k)
 
     def spy_pad(seqs, *a, **k):
         seen["train"] = max(seen.get("train", 0), max(len(s) for s in seqs))
         return real_pad(seqs, *a, **k)
-    monkeypatch.setattr(train, "run_eval", spy_eval)
+    monkeypatch.setattr(train, "validate", spy_eval)
     monkeypatch.setattr(data, "pad_batch", spy_pad)  # what data.micro_batches pads training batches with
     monkeypatch.setattr(validation, "pad_batch", spy_val_pad)
     cfg, _ = load_config(tiny_args(tiny_encoder, tmp_path / "r", max_length=16, eval_max_length=64,
@@ -167,11 +177,11 @@ def test_validation_reads_eval_max_length_tokens_training_max_length(tiny_encode
 
 
 def test_kernel_caches_are_capped_unless_the_user_set_them(monkeypatch):
-    import train
+    import device
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "x")  # so that monkeypatch restores its absence
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
     monkeypatch.setenv("LRU_CACHE_CAPACITY", "512")
-    train.cap_kernel_caches()
+    device.cap_kernel_caches()
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "16" and os.environ["LRU_CACHE_CAPACITY"] == "512"
 
 
