@@ -15,7 +15,7 @@ labels: those at or above the thresholds. The served thresholds are export.json'
 (tuned on validation by export.py), unless a call names another policy or thresholds. spans: for each decided label,
 the character offsets (Python string indices, i.e. code points) of the window with that label's highest
 score: a comment that fits one window spans its own text, a long one the ~500-token stretch that drove
-the label. Bad arguments raise PolicyError (an errors.UsageError) naming the argument.
+the label. Bad arguments raise PolicyError (a scoring.ModelError, so a common.UsageError) naming the argument.
 """
 import numpy as np
 

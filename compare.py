@@ -214,7 +214,7 @@ def report(groups, names, n_rows, data_path, pairs, resamples, seed, skipped):
             for a, b, metric, d, lo, hi in pairs])
     out += ["", "Notes:", "- ± is the standard deviation over seeds (ddof=1); one seed shows the value alone.",
             "- Every run's predictions come from its best checkpoint, chosen by mean AUC on these same rows.",
-            "- Tuned thresholds were tuned per run and label on these same validation rows (metrics.tune_thresholds), "
+            "- Tuned thresholds are each run's f1 policy fitted on these same validation rows as they are (decisions.fit), "
             "so tuned F1 is optimistic; the bootstrap keeps them fixed, leaving threshold selection out of the interval."]
     if pairs:
         out += [f"- Bootstrap: {resamples} resamples of the {n_rows} rows with replacement, the same resampled rows "
@@ -222,7 +222,7 @@ def report(groups, names, n_rows, data_path, pairs, resamples, seed, skipped):
                 "is the 2.5 and 97.5 percentiles of the differences. It covers the sampling of validation examples "
                 "for these trained seeds, not the spread of a new seed (see ±).",
                 f"- A label with one class in a resample is skipped in that resample's mean AUC ({skipped} of "
-                f"{resamples} resamples skipped one); macro F1 counts it as 0 (zero_division=0), as metrics.f1_scores."]
+                f"{resamples} resamples skipped one); macro F1 counts it as 0 (zero_division=0), as metrics.weighted_f1."]
     return "\n".join(out) + "\n"
 
 

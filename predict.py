@@ -140,7 +140,7 @@ def main(argv=None):
     p.add_argument("--runtime", default="auto", help="auto (the fastest for this CPU), openvino, onnxruntime-int8 "
                                                      "or onnxruntime-fp32")
     p.add_argument("--policy", help="a decision policy of export.json (f1, precision, recall; default: its "
-                                    "default_policy, or its thresholds in exports without policies)")
+                                    "default_policy)")
     p.add_argument("--threshold", help="one threshold for every label, over the policy's")
     p.add_argument("--thresholds", help="label=X,... for the labels named, over --threshold and the policy")
     p.add_argument("--batch_size", type=int, default=32, help="windows per model call at most (long windows: fewer, "

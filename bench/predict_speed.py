@@ -6,8 +6,8 @@
 
 Rows: the first 2,000 rows of the validation split the mini configs use (split_indices(labels, 0.1,
 1234) on ../shared/data/jigsaw/train.csv). The checkpoint is exported into a temporary folder with
-export.py (fp32 + int8; once more with eager attention for onnxruntime.transformers' fusions, which
-do not match sdpa's graph: see ort_optimize). Every variant scores the same windows in predict.py's
+export.py (fp32 + int8; its graph is written once more with eager attention for onnxruntime.transformers'
+fusions, which do not match sdpa's graph: see ort_optimize). Every variant scores the same windows in predict.py's
 batches (tokenized whole, cut into max_length windows, sorted by length, at most 32 windows and
 scoring.MAX_TOKENS padded tokens a call), and at batch 1 (the first --batch1_rows rows: one window per
 call is slow for eager PyTorch). Only the model calls are timed: tokenizing is the same for all and

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint
-from conftest import ROOT, tiny_args
-from conftest import run_train
+from conftest import ROOT, run_train, tiny_args
 
 pytestmark = pytest.mark.cuda
 

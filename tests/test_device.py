@@ -5,8 +5,7 @@ import sys
 
 import numpy as np
 
-from conftest import ROOT, tiny_args
-from conftest import run_train
+from conftest import ROOT, run_train, tiny_args
 from checkpoint import load_checkpoint
 
 
@@ -42,3 +41,24 @@ def test_resume_on_a_different_world_size(tiny_encoder, tmp_path):
     again = run_train(tiny_args(tiny_encoder, out, batch_size=8, dropout=0.0, max_steps=4, eval_every=2) + ["--resume"])
     assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr[-2000:]
     assert load_checkpoint(str(out / "last.pt"))["step"] == 4
+
+
+def test_agree_on_one_rank_gives_the_values_loss_and_flags_back_as_floats():
+    """The loop's one host-device sync: no collective on one rank, everything back in one transfer."""
+    import torch
+
+    from device import agree
+    control, loss, flags = agree([0.0, 1.0, 12.0], torch.tensor(0.75), [torch.tensor(False), torch.tensor(True)], 0, 1)
+    assert control == [0.0, 1.0, 12.0] and loss == 0.75 and flags == [0.0, 1.0]
+    assert agree([1.0, 0.0, 3.0], torch.tensor(2.0), [], 0, 1) == ([1.0, 0.0, 3.0], 2.0, [])
+
+
+def test_on_device_makes_tensors_and_counts_real_tokens_on_the_host():
+    import torch
+
+    from device import on_device
+    ids, mask, y = np.arange(6).reshape(2, 3), np.array([[1, 1, 0], [1, 0, 0]]), np.zeros((2, 6), np.float32)
+    ((t_ids, t_mask, t_y, real),) = list(on_device(iter([(ids, mask, y)]), torch.device("cpu")))
+    assert real == 3 and isinstance(real, int)
+    assert torch.equal(t_ids, torch.from_numpy(ids)) and torch.equal(t_mask, torch.from_numpy(mask))
+    assert t_y.dtype == torch.float32 and t_y.shape == (2, 6)

@@ -41,7 +41,7 @@ def count_syncs(monkeypatch, cfg):
         on[0] = True
         return real_step(*a, **k)
     monkeypatch.setattr(train, "train_step", step)
-    monkeypatch.setattr(train, "log_validation", paused(train.log_validation))
+    monkeypatch.setattr(train, "validate_and_save", paused(train.validate_and_save))  # validation, best.pt
     monkeypatch.setattr(train, "write_checkpoint", paused(train.write_checkpoint))
     monkeypatch.setattr(torch.amp.GradScaler, "state_dict", paused(torch.amp.GradScaler.state_dict))  # for last.pt
     train.train(cfg)
@@ -67,17 +67,17 @@ def test_cuda_reports_no_synchronizing_call_between_log_steps(tiny_encoder, tmp_
     steps, log_every = 8, 4
     cfg, _ = load_config(tiny_args(tiny_encoder, tmp_path / "run", device="cuda", precision=precision,
                                    max_steps=steps, log_every=log_every, eval_every=100, accum_steps=2, batch_size=4))
-    real_step, real_eval = train.train_step, train.log_validation
+    real_step, real_eval = train.train_step, train.validate_and_save
 
     def step(*a, **k):
         torch.cuda.set_sync_debug_mode("warn")
         return real_step(*a, **k)
 
-    def log_validation(*a, **k):  # the final evaluation syncs by nature
+    def validate_and_save(*a, **k):  # the final evaluation syncs by nature
         torch.cuda.set_sync_debug_mode("default")
         return real_eval(*a, **k)
     monkeypatch.setattr(train, "train_step", step)
-    monkeypatch.setattr(train, "log_validation", log_validation)
+    monkeypatch.setattr(train, "validate_and_save", validate_and_save)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -13,8 +13,7 @@ import pytest
 from checkpoint import CHECKPOINT_VERSION, load_checkpoint
 from common import LABELS
 from config import load_config
-from conftest import ROOT, SHARED_TRAIN, max_diff, tiny_args, weights_of
-from conftest import run_train
+from conftest import ROOT, SHARED_TRAIN, max_diff, run_train, tiny_args, weights_of
 
 
 def test_short_run_writes_checkpoints_predictions_and_aim_run(tiny_encoder, tmp_path):
@@ -157,7 +156,7 @@ def test_validation_reads_eval_max_length_tokens_training_max_length(tiny_encode
         seen["val_batches"].append((len(seqs), max(len(s) for s in seqs)))
         return real_pad(seqs, *a, **k)
 
-    def spy_eval(model, seqs, val_idx, *a, **k):  # validation.validate, as train.log_validation calls it
+    def spy_eval(model, seqs, val_idx, *a, **k):  # validation.validate, as train.validate_and_save calls it
         seen["val"] = max(len(seqs[i]) for i in val_idx)
         return real_eval(model, seqs, val_idx, *a, **k)
 
