@@ -148,7 +148,7 @@ def test_compare_writes_report_and_valid_png(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "| A | pooling=cls | 0, 1 |" in text and "| B | pooling=mean | 0, 1 |" in text
     assert "| A − B | mean AUC |" in text and "yes: A is higher" in text
-    assert "tuned per run and label on these same validation rows" in text
+    assert "f1 policy fitted on these same validation rows as they are" in text
     assert (tmp_path / "out" / "results.md").read_text() == text
     png = tmp_path / "out" / "pooling.png"
     assert png.read_bytes()[:8] == PNG_SIGNATURE
