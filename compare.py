@@ -21,6 +21,7 @@ import numpy as np
 
 from common import UsageError, atomic_write, exit_on_error, markdown_table
 from config import Config
+from decisions import own_rate_thresholds
 from metrics import compute_metrics, weighted_f1, weighted_label_aucs
 from tracking import held_by_live_process
 
@@ -30,10 +31,10 @@ from tracking import held_by_live_process
 IGNORED_KEYS = ("seed", "out_dir", "aim", "aim_repo", "cache_dir", "log_every", "eval_every", "device",
                 "eval_batch_size", "dist_timeout_s")
 # A key added to Config after a run was trained is missing from its run.json; new keys default to the
-# behaviour from before they existed, so the default is what that run trained with. Keys Config no longer has
-# are left out of the comparison.
+# behaviour from before they existed, so the default is what that run trained with. A key Config no longer has
+# (a run from an older commit) stays in the run's experiment: such runs are never pooled with newer ones.
 CONFIG_DEFAULTS = {f.name: f.default for f in fields(Config)}
-NPZ_KEYS = ("ids", "rows", "probs", "labels", "thresholds", "label_names")
+NPZ_KEYS = ("ids", "rows", "probs", "logits", "labels", "label_names")
 CHUNK = 250  # resamples per block: (250, N) float64 weights stay ~9 MB at N = 4,400
 MIN_RESAMPLES = 1000  # fewer leave the 2.5% tails resting on a couple dozen draws
 AIM_NAME = "compare_pooling"
@@ -72,18 +73,20 @@ def load_run(path):
         raise CompareError(f"{npz_path}: missing {', '.join(missing)}")
     n, names = len(run["ids"]), [str(x) for x in run["label_names"]]
     if (run["probs"].shape != (n, len(names)) or run["labels"].shape != (n, len(names))
-            or run["rows"].shape != (n,) or run["thresholds"].shape != (len(names),)):
+            or run["rows"].shape != (n,) or run["logits"].shape != (n, len(names))):
         raise CompareError(f"{npz_path}: arrays disagree in shape (ids {n}, probs {run['probs'].shape}, "
-                           f"labels {run['labels'].shape}, thresholds {run['thresholds'].shape})")
-    if not np.isfinite(run["probs"]).all():
-        raise CompareError(f"{npz_path}: probs has non-finite values")
-    key = {k: config.get(k, v) for k, v in CONFIG_DEFAULTS.items() if k not in IGNORED_KEYS}
+                           f"labels {run['labels'].shape}, logits {run['logits'].shape})")
+    if not (np.isfinite(run["probs"]).all() and np.isfinite(run["logits"]).all()):
+        raise CompareError(f"{npz_path}: probs or logits have non-finite values")
+    key = {k: v for k, v in {**CONFIG_DEFAULTS, **config}.items() if k not in IGNORED_KEYS}
     # What the run actually trained with: a bf16 request can fall back to fp32, and world_size
     # multiplies the global batch, so runs that differ there are different experiments.
     key.update(precision_effective=meta.get("precision_effective"), world_size=meta.get("world_size"))
     run.update(path=path, config=config, key=json.dumps(key, sort_keys=True), seed=config.get("seed"),
                aim_hash=meta.get("aim_hash"), aim_repo=meta.get("aim_repo"), probs=run["probs"].astype(np.float64),
                names=names)
+    # tuned here, not read from the npz: runs of every commit then share one tuner (it changed on 2026-12-07)
+    run["thresholds"] = own_rate_thresholds(run["logits"].astype(np.float64), run["labels"], names)
     run["metrics"] = compute_metrics(run["probs"], run["labels"], names, run["thresholds"])
     return run
 
@@ -214,7 +217,8 @@ def report(groups, names, n_rows, data_path, pairs, resamples, seed, skipped):
             for a, b, metric, d, lo, hi in pairs])
     out += ["", "Notes:", "- ± is the standard deviation over seeds (ddof=1); one seed shows the value alone.",
             "- Every run's predictions come from its best checkpoint, chosen by mean AUC on these same rows.",
-            "- Tuned thresholds are each run's f1 policy fitted on these same validation rows as they are (decisions.fit), "
+            "- Tuned thresholds are each run's f1 policy fitted on these same validation rows as they are "
+            "(decisions.own_rate_thresholds, from the logits in val_predictions.npz), "
             "so tuned F1 is optimistic; the bootstrap keeps them fixed, leaving threshold selection out of the interval."]
     if pairs:
         out += [f"- Bootstrap: {resamples} resamples of the {n_rows} rows with replacement, the same resampled rows "

@@ -255,6 +255,13 @@ def fit(logits, labels, names, rates, target_precision=0.9, target_recall=0.9):
             "policies": policies, "validation": validation}
 
 
+def own_rate_thresholds(logits, labels, names):
+    """The f1 policy fitted on these rows as they are (no reweighting), on the plain sigmoid's scale -> (L,): the
+    "tuned" thresholds training reports at and val_predictions.npz keeps, which compare.py recomputes."""
+    fitted = fit(logits, labels, names, None)
+    return raw_thresholds(fitted["calibration"], [fitted["policies"]["f1"]["thresholds"][n] for n in names], names)
+
+
 def summary(probs, labels, weights, thresholds):
     """What the decisions give on these rows under these weights -> {"macro_f1", "micro_f1", and per
     label "f1", "brier", "ece" as (L,) arrays}."""

@@ -32,7 +32,7 @@ from data import pad_batch, sorted_batches
 # policies and calibration are always there.
 FORMAT_VERSION = 2
 META_KEYS = ("labels", "max_length", "models", "tokenizer", "prefix_ids", "suffix_ids", "pad_id", "policies",
-             "default_policy", "calibration", "base_rates", "validation_at_base_rates")
+             "default_policy", "calibration", "base_rates", "validation_at_base_rates", "checkpoint", "versions", "opset")
 OVERLAP = 4  # consecutive windows share 1/OVERLAP of their tokens
 PIECE_CHARS = 1 << 15  # huge comments are tokenized in pieces cut at spaces: same ids, 10x less memory
 ENCODE_CHARS = 1 << 19  # characters per tokenizer call: bounds the memory of its Encoding objects

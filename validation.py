@@ -19,11 +19,11 @@ from metrics import compute_metrics
 
 
 @torch.no_grad()
-def predict_logits(model, seqs, rows, batch_size, device, autocast, max_tokens=None):
-    """Logits (len(rows), L) in float32, batches sorted by length (least padding), order kept; with max_tokens,
-    a batch of long rows holds fewer of them."""
+def predict_logits(model, seqs, rows, n_labels, batch_size, device, autocast, max_tokens=None):
+    """Logits (len(rows), n_labels) in float32, batches sorted by length (least padding), order kept; with
+    max_tokens, a batch of long rows holds fewer of them."""
     model.eval()
-    out = np.zeros((len(rows), model.head[-1].out_features), dtype=np.float32)
+    out = np.zeros((len(rows), n_labels), dtype=np.float32)
     for b in sorted_batches(np.array([len(seqs[i]) for i in rows]), batch_size, max_tokens):
         ids, mask = pad_batch([seqs[rows[i]] for i in b])
         with autocast:
@@ -41,7 +41,7 @@ def validate(model, seqs, val_idx, labels, names, cfg, device, autocast, rank, w
     # No batch wider in tokens than eval_batch_size rows at the training length: 512-token batches of 64 took
     # buffers of 50-200 MB, mapped afresh above the heap training had left, and made the run's peak RSS
     # (issue 28); bounded so, validation's buffers fit in what a training step frees. A CPU's malloc only.
-    logits = predict_logits(model, seqs, val_idx[mine], cfg.eval_batch_size, device, autocast,
+    logits = predict_logits(model, seqs, val_idx[mine], len(names), cfg.eval_batch_size, device, autocast,
                             max_tokens=cfg.eval_batch_size * cfg.max_length if device.type == "cpu" else None)
     parts = [(mine, logits)]
     if world > 1:
@@ -53,22 +53,14 @@ def validate(model, seqs, val_idx, labels, names, cfg, device, autocast, rank, w
         for idx, part in parts:
             full[idx] = part
         y = labels[val_idx]
-        m, thresholds = metrics_at_own_rates(full, y, names)
+        thresholds = decisions.own_rate_thresholds(full, y, names)
+        m = compute_metrics(sigmoid(full), y, names, thresholds)
         m["loss"] = float(np.mean(np.maximum(full, 0) - full * y + np.log1p(np.exp(-np.abs(full)))))
         m.update(at_rates(full, y, names, decisions.parse_rates(cfg.base_rates, "base_rates", names)))
         result = [(m, full, thresholds)]
     if world > 1:
         dist.broadcast_object_list(result, src=0)
     return result[0] if rank == 0 else (result[0][0], None, None)
-
-
-def metrics_at_own_rates(logits, labels, names):
-    """compute_metrics on the plain sigmoid, "tuned" at the f1 policy fitted on these rows as they are (decisions.fit
-    with no reweighting), its thresholds mapped back to the sigmoid's scale -> (metrics, those thresholds)."""
-    fitted = decisions.fit(logits, labels, names, None)
-    thresholds = decisions.raw_thresholds(fitted["calibration"], [fitted["policies"]["f1"]["thresholds"][n]
-                                                                  for n in names], names)
-    return compute_metrics(sigmoid(logits), labels, names, thresholds), thresholds
 
 
 def at_rates(logits, labels, names, rates):

@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 from common import LABELS, atomic_write  # noqa: E402
 from compare import bootstrap, percentile_interval  # noqa: E402
 from data import read_csv, split_indices  # noqa: E402
+from decisions import own_rate_thresholds  # noqa: E402
 from metrics import compute_metrics  # noqa: E402
 
 RESAMPLES = 1000
@@ -73,11 +74,10 @@ def tfidf_baseline(texts, labels, train_idx, val_idx, max_features=200_000):
 
 def tuned_thresholds(probs, y):
     """Thresholds tuned on these validation predictions as train.py tunes a model's (its val_predictions.npz
-    "thresholds"): validation.metrics_at_own_rates, the f1 policy of decisions.fit on the rows' own rates,
+    "thresholds"): decisions.own_rate_thresholds, the f1 policy of decisions.fit on the rows' own rates,
     mapped back to the scale of probs. Both sides of every table are tuned alike."""
-    from validation import metrics_at_own_rates  # torch: imported where it is used
     p = np.clip(probs.astype(np.float64), 1e-15, 1 - 1e-15)  # LR's 0 and 1 as finite logits
-    return metrics_at_own_rates(np.log(p) - np.log1p(-p), y, LABELS)[1]
+    return own_rate_thresholds(np.log(p) - np.log1p(-p), y, LABELS)
 
 
 def load_predictions(path, val_idx, val_labels):

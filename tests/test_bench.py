@@ -2,7 +2,6 @@
 subprocess and writes a well-formed Markdown table and JSON. Structure only: timings are never asserted
 (DEVELOPERS.md), only what holds on any machine (padding, parity, one-line errors)."""
 import ast
-import importlib
 import json
 import os
 import shutil

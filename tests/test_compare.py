@@ -14,7 +14,7 @@ import pytest
 import compare
 from common import LABELS
 from conftest import ROOT
-from validation import metrics_at_own_rates
+from decisions import own_rate_thresholds
 
 L = len(LABELS)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -46,15 +46,12 @@ def true_macro_f1(d, prevalence, threshold, noise=1.0):
     return np.mean(f1)
 
 
-def own_rate_thresholds(probs, labels, names=LABELS):
-    """The thresholds train.py saves with its predictions: the f1 policy fitted on these rows as they are, on the
-    plain sigmoid's scale (validation.metrics_at_own_rates)."""
+def logits_of(probs):
     p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-    return metrics_at_own_rates(np.log(p / (1 - p)), labels, list(names))[1]
+    return np.log(p / (1 - p))
 
 
-def write_run(folder, probs, labels, seed, pooling="cls", rows=None, thresholds=None, aim_hash=None, aim_repo="runs",
-              names=LABELS):
+def write_run(folder, probs, labels, seed, pooling="cls", rows=None, aim_hash=None, aim_repo="runs", names=LABELS):
     """A run folder as train.py leaves it: run.json and val_predictions.npz (no checkpoints)."""
     os.makedirs(folder, exist_ok=True)
     n = len(labels)
@@ -65,10 +62,10 @@ def write_run(folder, probs, labels, seed, pooling="cls", rows=None, thresholds=
     with open(os.path.join(folder, "run.json"), "w") as f:
         json.dump({"config": config, "aim_hash": aim_hash, "aim_repo": aim_repo, "precision_effective": "fp32",
                    "world_size": 1}, f)
-    th = own_rate_thresholds(probs, labels, names) if thresholds is None else thresholds
+    logits = logits_of(probs)  # as train.py saves them: the thresholds tuned on the rows as they are
     np.savez(os.path.join(folder, "val_predictions.npz"), ids=np.array([f"id{i:05d}" for i in rows]), rows=rows,
-             probs=probs.astype(np.float32), labels=labels.astype(np.uint8), thresholds=th, step=10,
-             label_names=np.array(list(names)))
+             probs=probs.astype(np.float32), logits=logits.astype(np.float32), labels=labels.astype(np.uint8),
+             thresholds=own_rate_thresholds(logits, labels, list(names)), step=10, label_names=np.array(list(names)))
     return str(folder)
 
 
@@ -184,15 +181,28 @@ def test_a_key_added_after_a_run_counts_as_its_default(tmp_path):
     assert "| A | truncation=head | 0, 1 |" in text and "| B | truncation=head_tail | 2 |" in text
 
 
-def test_a_removed_key_is_left_out_of_the_comparison(tmp_path):
-    """run.json files from before 2026-12-01 hold ema_decay, oversample and layer_lr_decay. Config no longer has
-    them (config.RETIRED_KEYS), and compare.py leaves keys Config lacks out of the experiment: at their off
-    values such runs trained as runs without them do, so they join those runs' group."""
-    old, new = synthetic_runs(tmp_path / "runs", d=(("cls", 1.0),), seeds=(0, 1))
-    add_config_keys(old, {"ema_decay": 0.0, "oversample": 1, "layer_lr_decay": 1.0})
-    text = compare.compare([old, new], str(tmp_path / "out"), 1000, 0)
-    assert "1 groups" in text and "| A | pooling=cls, encoder=all-MiniLM-L6-v2 | 0, 1 |" in text, text
-    assert "ema_decay" not in text and "oversample" not in text
+def test_a_key_config_no_longer_has_keeps_its_runs_apart(tmp_path):
+    """run.json files from before 2026-12-01 hold ema_decay, oversample and layer_lr_decay, which Config no longer
+    has. Such runs come from another commit (oversample=3 trained differently): they are never pooled with newer
+    runs, and runs of that older commit still group among themselves."""
+    old0, old1, new0, new1 = synthetic_runs(tmp_path / "runs", d=(("cls", 1.0),), seeds=(0, 1, 2, 3))
+    for path, oversample in ((old0, 1), (old1, 1)):
+        add_config_keys(path, {"ema_decay": 0.0, "oversample": oversample, "layer_lr_decay": 1.0})
+    text = compare.compare([old0, old1, new0, new1], str(tmp_path / "out"), 1000, 0)
+    assert "2 groups" in text and "| A | ema_decay=0.0, layer_lr_decay=1.0, oversample=1 | 0, 1 |" in text, text
+    on = synthetic_runs(tmp_path / "on", d=(("cls", 1.0),), seeds=(4,))[0]
+    add_config_keys(on, {"ema_decay": 0.0, "oversample": 3, "layer_lr_decay": 1.0})
+    text = compare.compare([old0, old1, on], str(tmp_path / "out2"), 1000, 0)
+    assert "2 groups" in text and "oversample=3" in text, text
+
+
+def test_the_tuned_thresholds_are_recomputed_from_the_logits(tmp_path):
+    """Runs saved by an older tuner (other thresholds in the npz) are tuned as new ones are: one rule for all."""
+    path = synthetic_runs(tmp_path / "runs", d=(("cls", 1.0),), seeds=(0,))[0]
+    z = dict(np.load(os.path.join(path, "val_predictions.npz")))
+    want = compare.load_run(path)["metrics"]["macro_f1_tuned"]
+    np.savez(os.path.join(path, "val_predictions.npz"), **{**z, "thresholds": np.full(len(LABELS), 0.99)})
+    assert compare.load_run(path)["metrics"]["macro_f1_tuned"] == want
 
 
 def test_runs_of_another_label_set_are_compared_by_their_own_names(tmp_path):

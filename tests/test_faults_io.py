@@ -95,7 +95,8 @@ def test_corrupt_model_given_to_evaluate_is_one_line(tiny_encoder, tmp_path, cap
             "pad_id": 0, "policies": POLICIES, "default_policy": "f1",
             "calibration": {"method": "platt", "a": dict.fromkeys(LABELS, 1.0), "b": dict.fromkeys(LABELS, 0.0)},
             "base_rates": {"reweighted": False, "rates": dict.fromkeys(LABELS, 0.1)},
-            "validation_at_base_rates": {}}
+            "validation_at_base_rates": {}, "checkpoint": {"path": "best.pt", "step": 1, "validation_metrics": {}},
+            "versions": {}, "opset": 17}
     assert set(scoring.META_KEYS) <= set(meta)  # a whole export.json: only its model file is broken
     json.dump(meta, open(folder / "export.json", "w"))
     (folder / "model.onnx").write_bytes(b"\x08\x07" + os.urandom(3000))  # truncated protobuf

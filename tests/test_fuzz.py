@@ -108,7 +108,6 @@ class Recorder:
 
     def __init__(self):
         self.rows, self.shapes = [], []
-        self.head = [torch.nn.Linear(1, 6)]  # predict_logits reads the number of outputs off the head
 
     def eval(self):
         pass
@@ -139,7 +138,7 @@ def test_validation_scores_every_row_once_in_order(seqs, data, batch_size, max_t
     rows = np.array(data.draw(st.lists(st.integers(0, len(seqs) - 1), max_size=80, unique=True)), dtype=np.int64)
     seqs = [np.array(s, dtype=np.int32) for s in seqs]
     model = Recorder()
-    out = predict_logits(model, seqs, rows, batch_size, torch.device("cpu"), nullcontext(), max_tokens)
+    out = predict_logits(model, seqs, rows, 6, batch_size, torch.device("cpu"), nullcontext(), max_tokens)
     for n, width in model.shapes:  # within the batch size, and within max_tokens unless a single row is wider
         assert n <= batch_size and (max_tokens is None or n * width <= max_tokens or n == 1)
     assert sorted(model.rows) == sorted(tuple(seqs[i].tolist()) for i in rows)  # each row scored once
