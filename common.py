@@ -28,6 +28,9 @@ import numpy as np
 # training reads the labels from the checkpoint or export.json.
 LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
 POOLINGS = ("cls", "mean")
+# The project's own identity and functional sets (evaluation) and the templates and terms training may use:
+# data/make_fairness.py and data/fairness/README.md say which is which.
+FAIRNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "fairness")
 EXIT_USAGE, EXIT_NUMERICAL, EXIT_FILESYSTEM = 2, 3, 4
 
 

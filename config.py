@@ -45,6 +45,8 @@ class Config:
     group_by_length: bool = key(True, "batches of similar lengths: little padding, still random epochs")
     pad_to_max_length: bool = key(False, "pad every batch to max_length: the naive way, for benchmarks")
     pad_multiple: int = key(0, "> 0: training batch widths rounded up to a multiple of it (max_length at most): compile reuses graphs")
+    identity_rows: int = key(0, "> 0: this many made-up training rows of identity mentions, harmless and attacks "
+                                "(data/fairness/train_*.txt; never the evaluation sets' words)")
     # optimisation
     seed: int = key(0, "initialisation, data order and dropout")
     batch_size: int = key(32, "samples per process and micro-step")
@@ -93,7 +95,7 @@ def check_config(cfg, source, cli_keys=()):
     for key in positive:
         if getattr(cfg, key) <= 0:
             fail(key, f"must be > 0, got {getattr(cfg, key)}")
-    for key in ("eval_max_length", "pad_multiple", "weight_decay", "warmup_steps", "max_steps", "max_minutes", "grad_clip",
+    for key in ("eval_max_length", "pad_multiple", "identity_rows", "weight_decay", "warmup_steps", "max_steps", "max_minutes", "grad_clip",
                 "epochs"):
         if getattr(cfg, key) < 0:
             fail(key, f"must be >= 0, got {getattr(cfg, key)}")

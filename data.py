@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common import LABELS, atomic_write
+from common import FAIRNESS, LABELS, atomic_write
 from inputs import InputError, read_rows
 
 
@@ -174,13 +174,36 @@ class TrainData:
     steps_per_epoch: int    # optimizer steps; the tail that fills no whole step is dropped
 
 
+def identity_rows(n, seed, names=LABELS, folder=FAIRNESS):
+    """n training rows made from data/fairness/train_templates.txt x train_terms.txt (sampled with the seed) ->
+    Dataset: harmless mentions of identities labelled clean, attacks on them labelled toxic, insult and
+    identity_hate (the names among them). Never the evaluation sets' templates or terms (data/make_fairness.py)."""
+    def lines(name):
+        path = os.path.join(folder, name)
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n").split("\t") for line in f if line.strip() and not line.startswith("#")]
+    templates, terms = lines("train_templates.txt"), [t[-1] for t in lines("train_terms.txt")]
+    rng = np.random.default_rng([seed, 7])
+    attack = np.array([name in ("toxic", "insult", "identity_hate") for name in names], dtype=np.uint8)
+    picks = [(templates[i], terms[j])
+             for i, j in zip(rng.integers(len(templates), size=n), rng.integers(len(terms), size=n))]
+    texts = [t.replace("{t}", term) for (_, t), term in picks]
+    labels = np.array([attack * int(toxic) for (toxic, _), _ in picks], dtype=np.uint8).reshape(n, len(names))
+    return Dataset([f"identity-{k}" for k in range(n)], [t[:1].upper() + t[1:] for t in texts], labels)
+
+
 def prepare(cfg, tokenizer, samples_per_step):
-    """Read cfg.data_path, split it, tokenize it (cached under cfg.cache_dir) -> TrainData."""
+    """Read cfg.data_path, split it, add cfg.identity_rows made-up rows to the training side, tokenize it all
+    (cached under cfg.cache_dir) -> TrainData."""
     ds = read_csv(cfg.data_path)
     try:
         train_idx, val_idx = split_indices(ds.labels, cfg.val_fraction, cfg.split_seed)
     except InputError as e:  # the split cannot know which file it splits
         raise InputError(f"{cfg.data_path}: {e}") from None
+    if cfg.identity_rows:  # appended after the file's rows: the split and validation are the file's alone
+        extra = identity_rows(cfg.identity_rows, cfg.split_seed)
+        train_idx = np.concatenate([train_idx, len(ds.ids) + np.arange(cfg.identity_rows)])
+        ds = Dataset(ds.ids + extra.ids, ds.texts + extra.texts, np.concatenate([ds.labels, extra.labels]))
     steps_per_epoch = len(train_idx) // samples_per_step
     if steps_per_epoch == 0:
         raise InputError(f"{cfg.data_path}: {len(train_idx)} training rows do not fill one global batch "

@@ -5,6 +5,9 @@
     python evaluate.py --test test.csv --test_labels test_labels.csv --submission submission.csv
     python evaluate.py --data labelled.csv --runtime onnxruntime-fp32         # a runtime of predict.py's
     python evaluate.py --data ours.csv --base_rates none --figure ours.png    # your community's own rows
+    python evaluate.py --bias data/fairness/identity_eval.csv --identities data/fairness/eval_terms.txt
+    python evaluate.py --bias civil_comments.csv --target target --figure bias.png   # identity columns
+    python evaluate.py --functional data/fairness/functional_eval.csv                 # per behaviour
 
 --model defaults to the newest folder under exports/, and the runtime to the one predict.py picks for
 this CPU; the scores come from scoring.py, as predict.py's do (windows over long comments, max per label),
@@ -17,6 +20,15 @@ full-set rates unless set, which leaves rows of a natural-rate set such as Kaggl
 are; an export made with base_rates none, and --base_rates none, take the rows as they are). At those rates: F1, Brier score and expected calibration
 error (ECE, 10 equal-width bins) per label, and a reliability figure (--figure, PNG): a calibrated
 model's points lie on the diagonal. AUC never depends on the rates.
+--bias CSV: bias across identities (fairness.py) of the --target label's score (default toxic; a 0/1 or
+fractional column, >= 0.5 counts as toxic), with identities from --identities (a term list, one a line,
+"category<TAB>term" or the term alone, matched as whole words, case-insensitive) or else from the CSV's
+numeric columns (Civil Comments / Jigsaw 2019 style; >= 0.5 is a member): per identity subgroup, BPSN and
+BNSP AUC and the false-positive rate on its non-toxic rows at the served decisions (a row is flagged when
+any label but obscene is decided), their power means (p = -5), Jigsaw 2019's final metric, the rate on
+non-toxic rows that mention no identity, and --figure: the worst identities. --functional CSV (comment_text,
+hateful, behaviour): the share of each behaviour's cases decided right. data/make_fairness.py writes both
+sets; their templates and terms are never trained on.
 Figures from ../shared/data/jigsaw/train.csv are on a toxic-enriched subset (about 26% toxic against
 9.58% in the full set): say so wherever they are quoted.
 """
@@ -30,6 +42,7 @@ from classifier import resolve_thresholds
 from common import UsageError, atomic_write, exit_on_error
 from data import read_csv, read_test, write_submission
 from decisions import parse_rates, rate_weights, summary
+from fairness import attacks_flagged, bias_figures, functional_table, read_bias_rows, read_functional, read_terms
 from metrics import compute_metrics, reliability_bins
 from scoring import load_model, newest_export, score_texts
 
@@ -126,6 +139,67 @@ def run(model_dir, data=None, test=None, test_labels=None, submission=None, runt
     return m, probs, ds.labels
 
 
+# ----------------------------------------------------------------------------
+# fairness: identities and functional behaviours
+
+
+def bias_report(model, path, target="toxic", identities=None, batch_size=32, figure=None):
+    """Score the rows, print the worst identities and the summary -> {"summary", "identities", "toxic_recall"}."""
+    names, thresholds = model.labels, resolve_thresholds(model.meta)
+    if target not in names:
+        raise UsageError(f"--target {target!r}: not a label of {model.path}; it has {', '.join(names)}")
+    texts, toxic, groups = read_bias_rows(path, target, read_terms(identities) if identities else None)
+    probs = score_texts(model, texts, batch_size)
+    result = bias_figures(probs, names, thresholds, target, toxic, groups)
+    rows, s, recall, background = (result[k] for k in ("identities", "summary", "toxic_recall", "background_fpr"))
+    print(f"{path}: {len(texts)} rows, {len(rows)} identities, score {target}; a row is flagged when any label but "
+          f"obscene is decided (served thresholds)")
+    print(f"  {'identity':<18} {'rows':>5} {'subgroup':>8} {'BPSN':>7} {'BNSP':>7} {'FPR':>6}")
+    for r in rows[:10]:
+        print(f"  {r['identity']:<18} {r['rows']:>5} {r['subgroup_auc']:>8.4f} {r['bpsn_auc']:>7.4f} "
+              f"{r['bnsp_auc']:>7.4f} {r['fpr']:>6.1%}")
+    print(f"power means (p=-5): subgroup {s['subgroup_power_mean']:.4f}, BPSN {s['bpsn_power_mean']:.4f}, BNSP "
+          f"{s['bnsp_power_mean']:.4f}; overall AUC {s['overall_auc']:.4f}; final metric {s['final_metric']:.4f}")
+    print(f"flagged: non-toxic identity rows at most {s['max_fpr']:.1%} per identity, non-toxic rows without one "
+          f"{background:.1%}; toxic identity rows caught {recall:.1%}")
+    if figure:
+        bias_figure(figure, rows[:15], background)
+        print(f"wrote {figure}", file=sys.stderr)
+    return result
+
+
+def bias_figure(path, rows, background):
+    """The worst identities by BPSN: their BPSN AUC and their false-positive rate beside the background's."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: only for --figure
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 0.35 * len(rows) + 1.5))
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(rows))[::-1]
+    left.barh(y, [r["bpsn_auc"] for r in rows], color="C0")
+    left.set(yticks=y, yticklabels=[r["identity"] for r in rows], xlim=(0.5, 1), xlabel="BPSN AUC")
+    right.barh(y, [r["fpr"] for r in rows], color="C3")
+    right.axvline(background, color="0.3", ls=":", label="rows without an identity")
+    right.set(xlim=(0, 1), xlabel="non-toxic rows flagged")
+    right.legend(fontsize=8)
+    fig.suptitle("worst identities by BPSN AUC", fontsize=10)
+    fig.subplots_adjust(left=0.16, right=0.98, top=0.9, bottom=0.1, wspace=0.08)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90))
+
+
+def functional_report(model, path, batch_size=32):
+    """Each behaviour's share of cases decided right, printed -> functional_table's rows."""
+    texts, hateful, behaviours = read_functional(path)
+    probs = score_texts(model, texts, batch_size)
+    flagged = attacks_flagged(probs, model.labels, resolve_thresholds(model.meta))
+    table = functional_table(behaviours, hateful, flagged)
+    print(f"{path}: {len(texts)} cases; a case is flagged when any label but obscene is decided")
+    for t in table:
+        print(f"  {t['behaviour']:<22} {'hateful' if t['hateful'] else 'not hateful':<12} {t['cases']:>4} cases  "
+              f"{t['correct']:>6.1%} right")
+    return table
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Evaluate an exported model on labelled data (see the docstring).")
     p.add_argument("--model", help="export folder (default: the newest under exports/)")
@@ -138,15 +212,30 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=32, help="windows per model call")
     p.add_argument("--base_rates", help="reweight the rows to these label rates: kaggle, none (as they are) or "
                                         "toxic=0.2,...; default: the export's")
-    p.add_argument("--figure", help="also draw the reliability figure into this PNG")
+    p.add_argument("--figure", help="also draw the reliability figure (with --bias: the worst identities) into "
+                                    "this PNG")
+    p.add_argument("--bias", help="a CSV of comments with a --target column and identities: bias per identity")
+    p.add_argument("--target", default="toxic", help="with --bias: the label scored and its column (default toxic)")
+    p.add_argument("--identities", help="with --bias: a term list (one a line) instead of identity columns")
+    p.add_argument("--functional", help="a CSV of comment_text, hateful (0/1), behaviour: right per behaviour")
     args = p.parse_args(argv)
-    if bool(args.data) == bool(args.test) or bool(args.test) != bool(args.test_labels):
-        p.error("give --data CSV, or --test CSV with --test_labels CSV")
+    kaggle = bool(args.data) + bool(args.test)
+    if kaggle + bool(args.bias) + bool(args.functional) != 1 or bool(args.test) != bool(args.test_labels):
+        p.error("give one of --data CSV, --test CSV with --test_labels CSV, --bias CSV or --functional CSV")
     with exit_on_error():
         if args.batch_size < 1:
             raise UsageError(f"--batch_size must be >= 1, got {args.batch_size}")
-        run(args.model or newest_export(), args.data, args.test, args.test_labels, args.submission,
-            args.runtime, args.batch_size, args.base_rates, args.figure)
+        model_dir = args.model or newest_export()
+        if args.bias or args.functional:
+            model = load_model(model_dir, args.runtime)
+            print(f"model: {model.path} on {model.runtime} ({model.why})", file=sys.stderr)
+            if args.bias:
+                bias_report(model, args.bias, args.target, args.identities, args.batch_size, args.figure)
+            else:
+                functional_report(model, args.functional, args.batch_size)
+            return
+        run(model_dir, args.data, args.test, args.test_labels, args.submission, args.runtime, args.batch_size,
+            args.base_rates, args.figure)
 
 
 if __name__ == "__main__":

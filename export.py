@@ -48,11 +48,13 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint, resolve_encoder
 from checks import ExportError, check_parity, check_runtimes, compare_int8, parity_batches, validation_rows
-from common import atomic_write, exit_on_error, publish_dir
+from classifier import resolve_thresholds
+from common import FAIRNESS, atomic_write, exit_on_error, publish_dir
 from decisions import check_target, fit, parse_rates
+from fairness import bias_figures, read_bias_rows, read_terms
 from model_card import write_model_card
 from runtimes import installed
-from scoring import FORMAT_VERSION
+from scoring import FORMAT_VERSION, load_model, score_texts
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = {False: "configs/base.json", True: "configs/average.json"}
@@ -233,6 +235,7 @@ def export(ckpt_path, out, quantize=None, check_rows=CHECK_ROWS, base_rates=None
         write_meta(tmp, meta)
         if len(models) > 1 or installed("openvino"):  # something to check against fp32
             add_runtime_checks(tmp, meta, cfg, names, thresholds, check_rows)
+        add_fairness(tmp, meta)
         write_model_card(tmp, meta, cfg)
         publish_dir(tmp, out)
     finally:
@@ -268,6 +271,24 @@ def add_runtime_checks(folder, meta, cfg, names, thresholds, check_rows):
               f"the runtimes are not checked on validation rows", file=sys.stderr)
         return
     meta["runtime_checks"] = check_runtimes(folder, rows, thresholds)
+    write_meta(folder, meta)
+
+
+def add_fairness(folder, meta):
+    """The project's identity set (data/fairness/identity_eval.csv, never trained on) scored through the new
+    export's fp32 model at its served thresholds: the bias figures export.json and MODEL_CARD.md state. An
+    export without a toxic label has no such figures."""
+    if "toxic" not in meta["labels"]:
+        return
+    path = os.path.join(FAIRNESS, "identity_eval.csv")
+    texts, toxic, groups = read_bias_rows(path, "toxic", read_terms(os.path.join(FAIRNESS, "eval_terms.txt")))
+    probs = score_texts(load_model(folder, "onnxruntime-fp32"), texts, progress=False)
+    f = bias_figures(probs, meta["labels"], resolve_thresholds(meta), "toxic", toxic, groups)
+    meta["fairness"] = {"set": os.path.relpath(path, ROOT), **f["summary"], "toxic_recall": f["toxic_recall"],
+                        "worst": [{k: r[k] for k in ("identity", "subgroup_auc", "bpsn_auc", "bnsp_auc", "fpr")}
+                                  for r in f["identities"][:10]]}
+    print(f"fairness: BPSN power mean {f['summary']['bpsn_power_mean']:.4f}, harmless identity rows flagged up to "
+          f"{f['summary']['max_fpr']:.1%} per identity ({f['background_fpr']:.1%} without one)")
     write_meta(folder, meta)
 
 

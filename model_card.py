@@ -99,6 +99,28 @@ def runtime_section(meta):
     return out
 
 
+def fairness_section(meta, cfg):
+    """The export's bias figures on the project's identity set (export.py's add_fairness), and what the
+    training recipe did about them."""
+    f = meta.get("fairness")  # only exports with a toxic label have them
+    if not f:
+        return ["Not measured: this export has no toxic label to score the project's identity set with."]
+    rows = [[r["identity"], num(r["bpsn_auc"]), num(r["subgroup_auc"]), num(r["bnsp_auc"]), pct(r["fpr"])]
+            for r in f["worst"]]
+    extra = (cfg or {}).get("identity_rows", 0)
+    return [f"On `{f['set']}` (the project's own templates, {f['identities']} identity terms, never trained on; "
+            "`python evaluate.py --bias ... --identities data/fairness/eval_terms.txt` reproduces it): BPSN power "
+            f"mean {num(f['bpsn_power_mean'])}, BNSP {num(f['bnsp_power_mean'])}, subgroup "
+            f"{num(f['subgroup_power_mean'])}; Jigsaw 2019's final metric {num(f['final_metric'])}. At the served "
+            f"decisions, harmless sentences that mention an identity are flagged up to {pct(f['max_fpr'])} of the "
+            f"time (worst identity), against {pct(f['background_fpr'])} for the same sentences without one; toxic "
+            f"ones are caught {pct(f['toxic_recall'])} of the time. The worst identities:",
+            table(["identity", "BPSN AUC", "subgroup AUC", "BNSP AUC", "harmless flagged"], rows),
+            f"Training added {extra:,} made-up rows of identity mentions (config `identity_rows`, "
+            "data/fairness/train_*.txt, other words than the evaluation set's)." if extra else
+            "Training added no rows against this bias (config `identity_rows` 0)."]
+
+
 def card(meta, cfg=None):
     """The card's Markdown from export.json (and the checkpoint's config, where known)."""
     m, labels = meta["checkpoint"]["validation_metrics"], meta["labels"]
@@ -121,6 +143,7 @@ def card(meta, cfg=None):
         "## Thresholds and decision policies", *policy_section(meta),
         "## Base rates and calibration", *calibration_section(meta),
         "## Runtimes", *runtime_section(meta),
+        "## Fairness across identities", *fairness_section(meta, cfg),
         "## Known limitations",
         "- English only: other languages and scripts get scores, but nothing was validated on them.\n"
         "- One domain: Wikipedia talk pages of about 2017-2018. Other forums, slang, newer terms and "

@@ -21,6 +21,10 @@ writes JSON to --out (default runs/quality/quality.json, beside the run folders;
 docs quote are committed in bench/results/, so name a file there only to replace them on purpose).
 Every config, with --data and each --minutes, is checked before anything trains; bad input (a flag,
 the data, a run folder) prints one line naming it and exits 2.
+Fairness, beside the Jigsaw AUC for every model run: its best.pt is exported (fp32) and scored on the project's
+own identity set (bias per identity: BPSN and BNSP power means, the worst BPSN, the worst and the background
+false-positive rates at the served decisions, toxic identity rows caught) and functional set (the share right
+per behaviour), data/fairness/ (python data/make_fairness.py; never trained on): a third table.
 """
 import argparse
 import json
@@ -37,7 +41,7 @@ from harness import ROOT, BenchError, main_guard, tiny_encoder  # noqa: E402  (p
 
 import numpy as np  # noqa: E402
 
-from common import LABELS, atomic_write  # noqa: E402
+from common import FAIRNESS, LABELS, atomic_write  # noqa: E402
 from compare import bootstrap, percentile_interval  # noqa: E402
 from data import read_csv, split_indices  # noqa: E402
 from decisions import own_rate_thresholds  # noqa: E402
@@ -108,6 +112,48 @@ def margin_intervals(z, base_probs, base_thresholds, resamples=RESAMPLES, seed=0
               {"letter": "tfidf", "runs": [{"probs": base_probs, "thresholds": base_thresholds}]}]
     draws, _ = bootstrap(groups, z["labels"], resamples, seed)
     return {k: percentile_interval(draws["model"][k] - draws["tfidf"][k]) for k in ("aucroc_macro", "macro_f1_tuned")}
+
+
+def fairness_scores(run_dir, tmp):
+    """Export the run's best.pt (fp32, 200 rows of runtime checks) into tmp and score the identity and functional
+    sets through it -> {"bias": bias_report's summary and recall, "functional": {behaviour: share right}}, or
+    None where the run folder has no best.pt."""
+    import contextlib
+    import io
+
+    import evaluate
+    import export
+    from scoring import load_model
+    best = os.path.join(run_dir, "best.pt")
+    if not os.path.isfile(best):
+        print(f"note: {run_dir}: no best.pt; fairness not scored", file=sys.stderr)
+        return None
+    folder = os.path.join(tmp, os.path.basename(os.path.normpath(run_dir)))
+    with contextlib.redirect_stdout(io.StringIO()):
+        export.export(best, folder, check_rows=200)
+    model = load_model(folder, "onnxruntime-fp32")
+    bias = evaluate.bias_report(model, os.path.join(FAIRNESS, "identity_eval.csv"), "toxic",
+                                os.path.join(FAIRNESS, "eval_terms.txt"))
+    functional = evaluate.functional_report(model, os.path.join(FAIRNESS, "functional_eval.csv"))
+    return {"bias": {**bias["summary"], "toxic_recall": bias["toxic_recall"],
+                     "worst": [{k: r[k] for k in ("identity", "bpsn_auc", "fpr")} for r in bias["identities"][:10]]},
+            "functional": {r["behaviour"]: r["correct"] for r in functional}}
+
+
+def fairness_table(rows):
+    head = ["setup", "BPSN pm", "BNSP pm", "min BPSN", "max FPR", "FPR no identity", "toxic caught",
+            "neutral/positive right", "obfuscated right", "functional mean"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        f = r.get("fairness")
+        if not f:
+            continue
+        b, fn = f["bias"], f["functional"]
+        mention = np.mean([fn.get(k, np.nan) for k in ("identity_neutral", "identity_positive")])
+        lines.append(f"| {r['name']} | {b['bpsn_power_mean']:.4f} | {b['bnsp_power_mean']:.4f} | {b['min_bpsn']:.4f} | "
+                     f"{b['max_fpr']:.1%} | {b['background_fpr']:.1%} | {b['toxic_recall']:.1%} | {mention:.1%} | "
+                     f"{fn.get('obfuscated_hate', np.nan):.1%} | {np.mean(list(fn.values())):.1%} |")
+    return "\n".join(lines)
 
 
 def run_budget(run_json):
@@ -291,15 +337,18 @@ def measure(args, overrides, extra, out_root, cfg0, max_features):
     base, base_probs, base_thresholds = tfidf_baseline(ds.texts, ds.labels, train_idx, val_idx, max_features)
     rows = [base]
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    exports = tempfile.mkdtemp(prefix="quality-exports-")
     for row, z in finished or trained(args.config, args.minutes, args.data, out_root, extra, val_idx,
                                         ds.labels[val_idx]):
         row["margin_ci"] = margin_intervals(z, base_probs, base_thresholds)
+        row["fairness"] = fairness_scores(row["out_dir"], exports)
         rows.append(row)
         text = json.dumps({"data": args.data, "val_rows": len(val_idx), "overrides": overrides, "rows": rows,
                            "resamples": RESAMPLES, "machine": f"{os.cpu_count()} cores"}, indent=1, default=float)
         atomic_write(args.out, lambda f: f.write(text), mode="w")  # after every run: a crash keeps what was measured
+    shutil.rmtree(exports, ignore_errors=True)
     print("\n" + (f"config overrides: {' '.join(overrides)}\n\n" if overrides else "") + table(rows) + "\n\n" +
-          f1_table(rows) + "\n\n" + verdict(rows))
+          f1_table(rows) + "\n\n" + fairness_table(rows) + "\n\n" + verdict(rows))
     print(f"\nwrote {args.out}")
 
 

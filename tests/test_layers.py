@@ -4,7 +4,7 @@ The layers, lowest first (a module may import those on lines above its own):
     common                                  the shared names: labels, exit codes, atomic write, sigmoid
     model, metrics, optim, runtimes         torch only; numpy only; torch only; the runtime chooser
     inputs, tracking, decisions             reading text; Aim; calibration and policies
-    config, data                            the flat config; Kaggle CSVs, split, tokens, batches
+    config, data, fairness                  the flat config; Kaggle CSVs, split, tokens, batches; bias metrics
     checkpoint, device, validation          checkpoints and building the model; ranks, precision; validation
     scoring                                 the torch-free serving core
     classifier, checks, model_card          the Python API; export's checks; MODEL_CARD.md
@@ -19,7 +19,7 @@ import os
 from conftest import ROOT
 
 LAYERS = [["common"], ["model", "metrics", "optim", "runtimes"], ["inputs", "tracking", "decisions"],
-          ["config", "data"], ["checkpoint", "device", "validation"], ["scoring"],
+          ["config", "data", "fairness"], ["checkpoint", "device", "validation"], ["scoring"],
           ["classifier", "checks", "model_card"], ["api"],
           ["train", "export", "predict", "serve", "evaluate", "compare"]]
 SCRIPTS = set(LAYERS[-1])
