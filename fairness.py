@@ -70,7 +70,8 @@ def bias_table(scores, toxic, groups, flagged):
 def power_mean(values, p=POWER):
     """(mean of v^p)^(1/p) over the defined values; nan where there are none."""
     v = np.asarray([x for x in values if x == x], dtype=np.float64)
-    return float(np.mean(v ** p) ** (1 / p)) if len(v) else float("nan")
+    with np.errstate(divide="ignore"):  # an AUC of 0 makes the mean 0, as it should
+        return float(np.mean(v ** p) ** (1 / p)) if len(v) else float("nan")
 
 
 def final_metric(overall_auc, rows, weight=0.25):

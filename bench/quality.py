@@ -41,7 +41,7 @@ from harness import ROOT, BenchError, main_guard, tiny_encoder  # noqa: E402  (p
 
 import numpy as np  # noqa: E402
 
-from common import FAIRNESS, LABELS, atomic_write  # noqa: E402
+from common import FAIRNESS, LABELS, UsageError, atomic_write  # noqa: E402
 from compare import bootstrap, percentile_interval  # noqa: E402
 from data import read_csv, split_indices  # noqa: E402
 from decisions import own_rate_thresholds  # noqa: E402
@@ -129,8 +129,12 @@ def fairness_scores(run_dir, tmp):
         print(f"note: {run_dir}: no best.pt; fairness not scored", file=sys.stderr)
         return None
     folder = os.path.join(tmp, os.path.basename(os.path.normpath(run_dir)))
-    with contextlib.redirect_stdout(io.StringIO()):
-        export.export(best, folder, check_rows=200)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            export.export(best, folder, check_rows=200)
+    except UsageError as e:  # e.g. its encoder folder is gone (a --quick run's): the rest of the row stands
+        print(f"note: {run_dir}: not exported ({e}); fairness not scored", file=sys.stderr)
+        return None
     model = load_model(folder, "onnxruntime-fp32")
     bias = evaluate.bias_report(model, os.path.join(FAIRNESS, "identity_eval.csv"), "toxic",
                                 os.path.join(FAIRNESS, "eval_terms.txt"))

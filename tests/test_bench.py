@@ -161,8 +161,10 @@ def test_quality_quick(tmp_path):
     # its tiny encoder and token cache went with its mkdtemp folder (torch's compile cache may stay)
     assert not [f for f in os.listdir(tmp) if f.startswith("quality-quick-")], os.listdir(tmp)
     assert f"config overrides: --weight_decay 0.0 --out_dir {tmp_path / 'run'}" in r.stdout
-    (header, rows), (f1_header, f1_rows) = tables(r.stdout)
+    (header, rows), (f1_header, f1_rows), (fair_header, fair_rows) = tables(r.stdout)
     assert [row[0] for row in rows] == ["TF-IDF+LR", "mini"] and header[2] == "mean AUC"
+    # the model run, exported and scored on the project's identity and functional sets
+    assert fair_header[:3] == ["setup", "BPSN pm", "BNSP pm"] and [row[0] for row in fair_rows] == ["mini"]
     # the per-label F1 table ends in the macro F1 tuned of the main table, which is its mean
     assert f1_header[2:] == [*LABELS, "macro F1 tuned"] and [row[0] for row in f1_rows] == ["TF-IDF+LR", "mini"]
     for f1_row, row in zip(f1_rows, rows):
@@ -172,6 +174,8 @@ def test_quality_quick(tmp_path):
     for row in data["rows"]:
         assert 0 <= row["metrics"]["aucroc_macro"] <= 1 and row["samples_seen"] > 0
     assert data["rows"][1]["peak_rss_mb"] > 0
+    fairness = data["rows"][1]["fairness"]
+    assert fairness["bias"]["identities"] == 44 and len(fairness["functional"]) == 12
     assert r.stdout.count("mean AUC >= TF-IDF + 0.010: ") == 1  # the targets, checked for the model row
     assert data["overrides"] == ["--weight_decay", "0.0", "--out_dir", str(tmp_path / "run")]
     run = json.load(open(os.path.join(data["rows"][1]["out_dir"], "run.json")))

@@ -130,3 +130,16 @@ def test_bias_input_errors_are_one_line(export_dir, tmp_path, capsys):
     code, _, err = run_main(capsys, ["--model", export_dir[0], "--bias", str(bad), "--identities",
                                      str(tmp_path / "none.txt")], evaluate.main)
     assert code == 2 and "none.txt: cannot read" in err
+
+
+def test_every_export_states_its_bias_figures(export_dir):
+    """export.py scores the identity set through the new export: export.json and MODEL_CARD.md carry the figures."""
+    import json
+    meta = json.load(open(os.path.join(export_dir[0], "export.json")))
+    f = meta["fairness"]
+    assert f["set"] == "data/fairness/identity_eval.csv" and f["identities"] == 44 and len(f["worst"]) == 10
+    assert 0 <= f["max_fpr"] <= 1 and 0 <= f["bpsn_power_mean"] <= 1 and 0 <= f["toxic_recall"] <= 1
+    assert f["worst"] == sorted(f["worst"], key=lambda r: (r["bpsn_auc"], r["identity"]))
+    card = open(os.path.join(export_dir[0], "MODEL_CARD.md")).read()
+    assert "## Fairness across identities" in card and f["worst"][0]["identity"] in card
+    assert "Training added no rows against this bias" in card
