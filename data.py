@@ -181,7 +181,12 @@ def identity_rows(n, seed, names=LABELS, folder=FAIRNESS):
     def lines(name):
         path = os.path.join(folder, name)
         with open(path, encoding="utf-8") as f:
-            return [line.rstrip("\n").split("\t") for line in f if line.strip() and not line.startswith("#")]
+            rows = [(k, line.rstrip("\n").split("\t")) for k, line in enumerate(f, 1)
+                    if line.strip() and not line.startswith("#")]
+        bad = next((k for k, r in rows if len(r) != 2), None)
+        if bad is not None:
+            raise InputError(f"{path}: line {bad}: expected two fields separated by a tab")
+        return [r for _, r in rows]
     templates, terms = lines("train_templates.txt"), [t[-1] for t in lines("train_terms.txt")]
     rng = np.random.default_rng([seed, 7])
     attack = np.array([name in ("toxic", "insult", "identity_hate") for name in names], dtype=np.uint8)

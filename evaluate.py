@@ -6,7 +6,7 @@
     python evaluate.py --data labelled.csv --runtime onnxruntime-fp32         # a runtime of predict.py's
     python evaluate.py --data ours.csv --base_rates none --figure ours.png    # your community's own rows
     python evaluate.py --bias data/fairness/identity_eval.csv --identities data/fairness/eval_terms.txt
-    python evaluate.py --bias civil_comments.csv --target target --figure bias.png   # identity columns
+    python evaluate.py --bias civil_comments.csv --target_column target --figure bias.png   # identity columns
     python evaluate.py --functional data/fairness/functional_eval.csv                 # per behaviour
 
 --model defaults to the newest folder under exports/, and the runtime to the one predict.py picks for
@@ -20,11 +20,12 @@ full-set rates unless set, which leaves rows of a natural-rate set such as Kaggl
 are; an export made with base_rates none, and --base_rates none, take the rows as they are). At those rates: F1, Brier score and expected calibration
 error (ECE, 10 equal-width bins) per label, and a reliability figure (--figure, PNG): a calibrated
 model's points lie on the diagonal. AUC never depends on the rates.
---bias CSV: bias across identities (fairness.py) of the --target label's score (default toxic; a 0/1 or
-fractional column, >= 0.5 counts as toxic), with identities from --identities (a term list, one a line,
-"category<TAB>term" or the term alone, matched as whole words, case-insensitive) or else from the CSV's
-numeric columns (Civil Comments / Jigsaw 2019 style; >= 0.5 is a member): per identity subgroup, BPSN and
-BNSP AUC and the false-positive rate on its non-toxic rows at the served decisions (a row is flagged when
+--bias CSV: bias across identities (fairness.py) of the --target label's score (default toxic), against the
+CSV's --target_column (default the same name; 0/1 or a fraction, >= 0.5 counts as toxic), with identities from
+--identities (a term list, one a line, "category<TAB>term" or the term alone, matched as whole words,
+case-insensitive) or else columns (--identity_columns, default Jigsaw 2019's; >= 0.5 is a member): per
+identity subgroup, BPSN and BNSP AUC and the false-positive rate on its non-toxic rows at the served
+decisions (a row is flagged when
 any label but obscene is decided), their power means (p = -5), Jigsaw 2019's final metric, the rate on
 non-toxic rows that mention no identity, and --figure: the worst identities. --functional CSV (comment_text,
 hateful, behaviour): the share of each behaviour's cases decided right. data/make_fairness.py writes both
@@ -143,12 +144,14 @@ def run(model_dir, data=None, test=None, test_labels=None, submission=None, runt
 # fairness: identities and functional behaviours
 
 
-def bias_report(model, path, target="toxic", identities=None, batch_size=32, figure=None):
+def bias_report(model, path, target="toxic", identities=None, batch_size=32, figure=None, target_column=None,
+                identity_columns=None):
     """Score the rows, print the worst identities and the summary -> {"summary", "identities", "toxic_recall"}."""
     names, thresholds = model.labels, resolve_thresholds(model.meta)
     if target not in names:
         raise UsageError(f"--target {target!r}: not a label of {model.path}; it has {', '.join(names)}")
-    texts, toxic, groups = read_bias_rows(path, target, read_terms(identities) if identities else None)
+    texts, toxic, groups = read_bias_rows(path, target_column or target, read_terms(identities) if identities else None,
+                                          identity_columns)
     probs = score_texts(model, texts, batch_size)
     result = bias_figures(probs, names, thresholds, target, toxic, groups)
     rows, s, recall, background = (result[k] for k in ("identities", "summary", "toxic_recall", "background_fpr"))
@@ -216,7 +219,11 @@ def main(argv=None):
                                     "this PNG")
     p.add_argument("--bias", help="a CSV of comments with a --target column and identities: bias per identity")
     p.add_argument("--target", default="toxic", help="with --bias: the label scored and its column (default toxic)")
+    p.add_argument("--target_column", help="with --bias: the CSV's column of toxicity, 0/1 or a fraction "
+                                           "(default: --target; Civil Comments calls it target)")
     p.add_argument("--identities", help="with --bias: a term list (one a line) instead of identity columns")
+    p.add_argument("--identity_columns", help="with --bias: the identity columns, a,b,c (default: Jigsaw 2019's "
+                                              "that the CSV has)")
     p.add_argument("--functional", help="a CSV of comment_text, hateful (0/1), behaviour: right per behaviour")
     args = p.parse_args(argv)
     kaggle = bool(args.data) + bool(args.test)
@@ -230,7 +237,8 @@ def main(argv=None):
             model = load_model(model_dir, args.runtime)
             print(f"model: {model.path} on {model.runtime} ({model.why})", file=sys.stderr)
             if args.bias:
-                bias_report(model, args.bias, args.target, args.identities, args.batch_size, args.figure)
+                bias_report(model, args.bias, args.target, args.identities, args.batch_size, args.figure,
+                            args.target_column, args.identity_columns and args.identity_columns.split(","))
             else:
                 functional_report(model, args.functional, args.batch_size)
             return

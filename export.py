@@ -284,9 +284,12 @@ def add_fairness(folder, meta):
     texts, toxic, groups = read_bias_rows(path, "toxic", read_terms(os.path.join(FAIRNESS, "eval_terms.txt")))
     probs = score_texts(load_model(folder, "onnxruntime-fp32"), texts, progress=False)
     f = bias_figures(probs, meta["labels"], resolve_thresholds(meta), "toxic", toxic, groups)
-    meta["fairness"] = {"set": os.path.relpath(path, ROOT), **f["summary"], "toxic_recall": f["toxic_recall"],
-                        "worst": [{k: r[k] for k in ("identity", "subgroup_auc", "bpsn_auc", "bnsp_auc", "fpr")}
-                                  for r in f["identities"][:10]]}
+    def known(v):  # strict JSON: an undefined AUC (an identity with rows on one side only) is null
+        return None if isinstance(v, float) and v != v else v
+    worst = [{k: known(r[k]) for k in ("identity", "subgroup_auc", "bpsn_auc", "bnsp_auc", "fpr")}
+             for r in f["identities"][:10]]
+    meta["fairness"] = {"set": os.path.relpath(path, ROOT), **{k: known(v) for k, v in f["summary"].items()},
+                        "toxic_recall": known(f["toxic_recall"]), "worst": worst}
     print(f"fairness: BPSN power mean {f['summary']['bpsn_power_mean']:.4f}, harmless identity rows flagged up to "
           f"{f['summary']['max_fpr']:.1%} per identity ({f['background_fpr']:.1%} without one)")
     write_meta(folder, meta)

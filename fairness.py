@@ -21,6 +21,13 @@ from inputs import InputError, read_rows
 from metrics import label_aucs
 
 POWER = -5  # the power mean's p: the worst identities weigh most
+# The identity columns of Jigsaw 2019's Civil Comments data: the columns read as identities when no others are named
+# (its other numeric columns are labels and reactions, not identities).
+JIGSAW_2019_IDENTITIES = (
+    "asian", "atheist", "bisexual", "black", "buddhist", "christian", "female", "heterosexual", "hindu",
+    "homosexual_gay_or_lesbian", "intellectual_or_learning_disability", "jewish", "latino", "male", "muslim",
+    "other_disability", "other_gender", "other_race_or_ethnicity", "other_religion", "other_sexual_orientation",
+    "physical_disability", "psychiatric_or_mental_illness", "transgender", "white")
 # A comment is flagged when the export decides any label but these: obscene is profanity itself, which
 # says nothing of an attack on someone (a community that wants it flagged reads that label on its own).
 NOT_ATTACKS = ("obscene",)
@@ -141,37 +148,39 @@ def read_terms(path):
     return terms
 
 
-def read_bias_rows(path, target, terms):
-    """A bias CSV -> (texts, toxic (N,) bool, {identity: (N,) bool}). Identities are whole-word matches of terms,
-    or (terms None) the CSV's columns whose values are all numbers in [0, 1]."""
-    texts, values, columns = [], [], None
-    for where, row in read_rows(path, ("comment_text", target)):
-        columns = columns or [c for c in row if c not in ("id", "comment_text", target)]
+def read_bias_rows(path, target_column, terms=None, columns=None):
+    """A bias CSV -> (texts, toxic (N,) bool, {identity: (N,) bool}). Identities: whole-word matches of terms; else
+    the named columns; else the Jigsaw 2019 identity columns the file has (values 0 to 1, >= 0.5 a member)."""
+    texts, values, header = [], [], None
+    for where, row in read_rows(path, ("comment_text", target_column)):
+        header = header or list(row)
         try:
-            v = float(row[target])
+            v = float(row[target_column])
         except ValueError:
             v = -1.0
         if not 0 <= v <= 1:
-            raise InputError(f"{path}: {where}, column {target}: expected 0, 1 or a fraction, got {row[target]!r}")
+            raise InputError(f"{path}: {where}, column {target_column}: expected 0, 1 or a fraction, "
+                             f"got {row[target_column]!r}")
         texts.append(row["comment_text"])
-        values.append([v] + [row[c].strip() for c in columns])
+        values.append(row)
     if not texts:
         raise InputError(f"{path}: header only, no rows")
-    toxic = np.array([v[0] for v in values]) >= 0.5
+    toxic = np.array([float(r[target_column]) for r in values]) >= 0.5
     if terms is not None:
         return texts, toxic, match_identities(texts, terms)
+    columns = columns or [c for c in JIGSAW_2019_IDENTITIES if c in header]
+    missing = [c for c in columns if c not in header]
+    if not columns or missing:
+        raise InputError(f"{path}: " + (f"no column {', '.join(missing)}" if missing else "no identity columns")
+                         + "; name them with --identity_columns, or pass a term list with --identities FILE")
     groups = {}
-    for k, c in enumerate(columns, 1):
+    for c in columns:
         try:
-            x = np.array([float(v[k]) if v[k] else 0.0 for v in values])
-        except ValueError:  # a column of words (a category, a note): not an identity
-            continue
-        if ((0 <= x) & (x <= 1)).all():
-            groups[c] = x >= 0.5
-    if not groups:
-        raise InputError(f"{path}: no identity columns (numeric, 0 to 1); pass a term list with --identities FILE")
+            x = np.array([float(r[c]) if r[c].strip() else 0.0 for r in values])
+        except ValueError:
+            raise InputError(f"{path}: column {c}: not numbers, so not an identity column") from None
+        groups[c] = x >= 0.5
     return texts, toxic, groups
-
 
 
 def read_functional(path):
@@ -179,8 +188,11 @@ def read_functional(path):
     rows = [(where, r) for where, r in read_rows(path, ("comment_text", "hateful", "behaviour"))]
     if not rows:
         raise InputError(f"{path}: header only, no cases")
+    first = {}
     for where, r in rows:
         if r["hateful"].strip() not in ("0", "1"):
             raise InputError(f"{path}: {where}, column hateful: expected 0 or 1, got {r['hateful']!r}")
+        if first.setdefault(r["behaviour"], r["hateful"].strip()) != r["hateful"].strip():
+            raise InputError(f"{path}: {where}: behaviour {r['behaviour']!r} mixes hateful 0 and 1")
     return ([r["comment_text"] for _, r in rows], np.array([int(r["hateful"]) for _, r in rows]),
             [r["behaviour"] for _, r in rows])

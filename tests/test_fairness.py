@@ -81,6 +81,21 @@ def test_committed_sets_are_what_make_fairness_writes(tmp_path):
     assert len(per) >= 10 and all(len(v) >= 20 for v in per.values())  # distinct cases
 
 
+def test_training_templates_are_not_the_evaluation_templates():
+    """No training template is, or nearly is (over half its words shared), a template of either evaluation set."""
+    spec = importlib.util.spec_from_file_location("make_fairness", os.path.join(ROOT, "data", "make_fairness.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    evals = module.HARMLESS + module.TOXIC + [t for _, ts in module.FUNCTIONAL.values() for t in ts]
+
+    def words(template):
+        return set(re.findall(r"[a-z']+", template.lower().replace("{t}", " ")))
+    train = [line.split("\t")[1] for line in open(os.path.join(FAIRNESS, "train_templates.txt")).read().splitlines()
+             if line and not line.startswith("#")]
+    close = [(t, e) for t in train for e in evals if len(words(t) & words(e)) / len(words(t) | words(e)) > 0.5]
+    assert not close, close
+
+
 def test_training_rows_use_other_words_than_the_evaluation_sets():
     rows = identity_rows(3000, 1234)
     eval_terms = [line.split("\t")[-1] for line in open(os.path.join(FAIRNESS, "eval_terms.txt")).read().splitlines()
@@ -104,17 +119,20 @@ def test_evaluate_bias_and_functional_on_the_tiny_export(export_dir, tmp_path, c
                             evaluate.main)
     assert code == 0 and "44 identities" in out and "BPSN" in out and "final metric" in out
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
-    cols = tmp_path / "cols.csv"  # Civil Comments style: a fractional target and a column per identity
-    cols.write_text("id,comment_text,target,gay,muslim\n1,I am gay,0.1,1,0\n2,gay people are scum,0.9,0.8,0\n"
-                    "3,my muslim friend,0.0,0,1\n4,muslims are trash,0.7,0,0.6\n5,hello there,0.0,0,0\n"
-                    "6,you idiot,0.8,0,0\n")
-    code, out, _ = run_main(capsys, ["--model", model, "--bias", str(cols), "--target", "toxic"], evaluate.main)
-    assert code == 2  # the target column must exist
+    cols = tmp_path / "cols.csv"  # Civil Comments style: a fractional target, identity and label columns
+    cols.write_text("id,comment_text,target,homosexual_gay_or_lesbian,muslim,insult\n"
+                    "1,I am gay,0.1,1,0,0\n2,gay people are scum,0.9,0.8,0,1\n3,my muslim friend,0.0,0,1,0\n"
+                    "4,muslims are trash,0.7,0,0.6,1\n5,hello there,0.0,0,0,0\n6,you idiot,0.8,0,0,1\n")
+    code, out, _ = run_main(capsys, ["--model", model, "--bias", str(cols)], evaluate.main)
+    assert code == 2  # no toxic column: name it
     code, out, err = run_main(capsys, ["--model", model, "--bias", str(cols), "--target", "target"], evaluate.main)
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: --target 'target': not a label")
-    cols.write_text(cols.read_text().replace("target", "toxic"))
-    code, out, _ = run_main(capsys, ["--model", model, "--bias", str(cols)], evaluate.main)
-    assert code == 0 and "2 identities" in out
+    code, out, _ = run_main(capsys, ["--model", model, "--bias", str(cols), "--target_column", "target"],
+                            evaluate.main)
+    assert code == 0 and "2 identities" in out and "insult " not in out  # a label column is no identity
+    code, out, _ = run_main(capsys, ["--model", model, "--bias", str(cols), "--target_column", "target",
+                                     "--identity_columns", "muslim"], evaluate.main)
+    assert code == 0 and "1 identities" in out
     code, out, _ = run_main(capsys, ["--model", model, "--functional", os.path.join(FAIRNESS, "functional_eval.csv")],
                             evaluate.main)
     assert code == 0 and "negated_hate" in out and "obfuscated_hate" in out
@@ -123,7 +141,8 @@ def test_evaluate_bias_and_functional_on_the_tiny_export(export_dir, tmp_path, c
 def test_bias_input_errors_are_one_line(export_dir, tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     for text, needle in (("id,comment_text,toxic,note\n1,hi,0,a\n", "no identity columns"),
-                         ("id,comment_text,toxic\n1,hi,2\n", "column toxic: expected 0, 1 or a fraction")):
+                         ("id,comment_text,toxic\n1,hi,2\n", "column toxic: expected 0, 1 or a fraction"),
+                         ("id,comment_text,toxic,black\n1,hi,0,x\n", "column black: not numbers")):
         bad.write_text(text)
         code, _, err = run_main(capsys, ["--model", export_dir[0], "--bias", str(bad)], evaluate.main)
         assert code == 2 and needle in err.strip().splitlines()[-1] and err.count("error:") == 1, err
